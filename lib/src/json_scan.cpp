@@ -477,6 +477,38 @@ bool UnescapeJsonString(std::string_view raw, std::string& out) {
   return true;
 }
 
+Result<std::vector<std::string>> ParseStringArray(std::string_view raw, std::size_t max_items) {
+  // Reuse the validating scanner by wrapping the array as the value of a one-member object.
+  std::string wrapped = "{\"a\":";
+  wrapped += raw;
+  wrapped += '}';
+  auto scanned = ScanObject(wrapped, ScanLimits{.max_depth = 2, .max_members = 1});
+  if (!scanned) return std::unexpected(scanned.error());
+  const ScannedMember& member = scanned->members().front();
+  if (member.kind != JsonKind::kArray) return Fail(Code::kInvalidArgument, "must be an array");
+  std::vector<std::string> items;
+  const std::string_view body = member.raw.substr(1, member.raw.size() - 2);
+  std::size_t pos = 0;
+  while (pos < body.size()) {
+    const char c = body[pos];
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == ',') {
+      ++pos;
+      continue;
+    }
+    if (c != '"') return Fail(Code::kInvalidArgument, "must be an array of strings");
+    std::size_t end = pos + 1;
+    while (body[end] != '"') end += body[end] == '\\' ? 2 : 1;  // validated: terminates
+    if (items.size() >= max_items) return Fail(Code::kLimitExceeded, "too many array items");
+    std::string item;
+    if (!UnescapeJsonString(body.substr(pos, end + 1 - pos), item)) {
+      return Fail(Code::kInvalidArgument, "bad string escape");
+    }
+    items.push_back(std::move(item));
+    pos = end + 1;
+  }
+  return items;
+}
+
 void AppendJsonString(std::string& out, std::string_view value) {
   static constexpr char kHex[] = "0123456789abcdef";
   out += '"';

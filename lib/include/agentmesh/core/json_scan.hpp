@@ -70,6 +70,10 @@ Result<ScannedObject> ScanObject(std::string_view text, const ScanLimits& limits
 // scanner (already validated); returns false on malformed input instead of asserting.
 bool UnescapeJsonString(std::string_view raw, std::string& out);
 
+// Decodes a JSON array of strings given as raw text (e.g. ScannedMember::raw of an array member).
+// kInvalidArgument if it is not an array of strings; kLimitExceeded beyond `max_items`.
+Result<std::vector<std::string>> ParseStringArray(std::string_view raw, std::size_t max_items);
+
 // Appends `value` as a JSON string token (with quotes), escaping as RFC 8785 does.
 void AppendJsonString(std::string& out, std::string_view value);
 
