@@ -278,7 +278,10 @@ std::expected<VerifiedConnect, ConnectFailure> VerifyConnect(const ConnectFrame&
 }
 
 std::string BuildConnectFrame(const Ed25519KeyPair& identity, UnixNanos now, bool p2p_capable) {
-  const std::string timestamp = FormatRfc3339Seconds(now);
+  // Millisecond precision in chrono's canonical form: verifiable by the raw-string and the
+  // canonical rule alike, and distinct for reconnects within the same second (the relay's replay
+  // cache refuses a repeated signature).
+  const std::string timestamp = FormatChronoCanonical(now / kNanosPerMilli * kNanosPerMilli);
   const Signature sig =
       Sign(identity.secret,
            ByteView(reinterpret_cast<const std::uint8_t*>(timestamp.data()), timestamp.size()));
@@ -421,6 +424,32 @@ void AppendIce(std::string& out, bool is_answer, std::string_view from, std::str
 void AppendP2pEstablished(std::string& out, std::string_view from) {
   out += R"({"type":"p2_p_established","peer":)";
   AppendJsonString(out, from);
+  out += '}';
+}
+
+void AppendPendingMessages(std::string& out, std::span<const PendingEntry> entries,
+                           std::uint64_t remaining) {
+  out += R"({"type":"pending_messages","messages":[)";
+  bool first = true;
+  for (const auto& e : entries) {
+    if (!first) out += ',';
+    first = false;
+    out += R"({"message_id":)";
+    AppendJsonString(out, e.message_id);
+    out += R"(,"id":)";
+    AppendJsonString(out, e.message_id);
+    out += R"(,"from":)";
+    AppendJsonString(out, e.from);
+    out += R"(,"encrypted_payload":)";
+    out += e.payload_token;
+    out += R"(,"message_type":)";
+    AppendJsonString(out, e.message_type);
+    out += R"(,"timestamp":)";
+    AppendJsonString(out, e.timestamp);
+    out += '}';
+  }
+  out += R"(],"remaining":)";
+  out += std::to_string(remaining);
   out += '}';
 }
 

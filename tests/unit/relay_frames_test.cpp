@@ -227,3 +227,20 @@ TEST_CASE("relay output frames are valid JSON with the reference field names", "
   AppendP2pEstablished(out, "A");
   CHECK(json::parse(out) == json{{"type", "p2_p_established"}, {"peer", "A"}});
 }
+
+TEST_CASE("pending_messages frames carry the SDK's and our id names", "[relayframes]") {
+  std::string out;
+  const PendingEntry entries[] = {{"m1", "A", R"("cGF5")", "message", "2026-01-01T00:00:00Z"},
+                                  {"m2", "B", R"("eA==")", "knock", "2026-01-01T00:00:01Z"}};
+  AppendPendingMessages(out, entries, 3);
+  auto parsed = json::parse(out);
+  CHECK(parsed["type"] == "pending_messages");
+  REQUIRE(parsed["messages"].size() == 2);
+  CHECK(parsed["messages"][0]["message_id"] == "m1");
+  CHECK(parsed["messages"][0]["id"] == "m1");
+  CHECK(parsed["messages"][1]["encrypted_payload"] == "eA==");
+  CHECK(parsed["remaining"] == 3);
+  out.clear();
+  AppendPendingMessages(out, {}, 0);
+  CHECK(json::parse(out)["messages"].empty());
+}

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -134,7 +135,8 @@ bool IsSupportedProtocol(std::string_view protocol) noexcept;
 std::expected<VerifiedConnect, ConnectFailure> VerifyConnect(const ConnectFrame& frame,
                                                              UnixNanos now);
 
-// Builds a signed CONNECT frame for a client (whole-second "+00:00" timestamp, signed as sent).
+// Builds a signed CONNECT frame for a client: the timestamp is `now` truncated to milliseconds in
+// chrono's canonical form ("2026-02-01T16:25:10.555+00:00"), signed exactly as sent.
 std::string BuildConnectFrame(const Ed25519KeyPair& identity, UnixNanos now, bool p2p_capable);
 
 // ---- Relay → client frames (appended to `out`, compact JSON) ----------------------------------
@@ -158,5 +160,16 @@ void AppendPong(std::string& out, std::string_view timestamp_token);
 void AppendIce(std::string& out, bool is_answer, std::string_view from, std::string_view sdp_token,
                std::string_view candidates);
 void AppendP2pEstablished(std::string& out, std::string_view from);
+
+// One entry of a pending_messages frame (views into the caller's storage).
+struct PendingEntry {
+  std::string_view message_id;
+  std::string_view from;
+  std::string_view payload_token;  // raw JSON string token
+  std::string_view message_type;
+  std::string_view timestamp;
+};
+void AppendPendingMessages(std::string& out, std::span<const PendingEntry> entries,
+                           std::uint64_t remaining);
 
 }  // namespace agentmesh::relay
