@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -84,8 +83,8 @@ Result<void> AppendString(std::string_view s, std::string& out) {
     const std::size_t start = i;
     char32_t cp = 0;
     if (!DecodeUtf8(s, i, cp)) {
-      return Fail(Code::kInvalidArgument, "string is not valid UTF-8 at byte " +
-                                              std::to_string(start));
+      return Fail(Code::kInvalidArgument,
+                  "string is not valid UTF-8 at byte " + std::to_string(start));
     }
     switch (cp) {
       case U'"':
@@ -173,6 +172,50 @@ void AppendDouble(double x, std::string& out) {
   }
 }
 
+Result<void> Append(const json& value, std::string& out, int depth);
+
+// Prefixes the path of a nested error with the member name or array index that led to it.
+void PrefixField(Error& error, std::string segment) {
+  if (error.field.empty()) {
+    error.field = std::move(segment);
+  } else if (error.field.front() == '[') {
+    error.field = std::move(segment) + error.field;
+  } else {
+    error.field = std::move(segment) + "." + error.field;
+  }
+}
+
+// Members are emitted in UTF-16 code-unit order; `omit`, when set, names a member to leave out.
+Result<void> AppendObject(const json::object_t& object, std::string& out, int depth,
+                          const std::string_view* omit) {
+  std::vector<std::pair<std::u16string, const json::object_t::value_type*>> members;
+  members.reserve(object.size());
+  for (const auto& member : object) {
+    if (omit != nullptr && member.first == *omit) continue;
+    std::u16string key;
+    if (!ToUtf16(member.first, key)) {
+      return Fail(Code::kInvalidArgument, "object member name is not valid UTF-8");
+    }
+    members.emplace_back(std::move(key), &member);
+  }
+  std::sort(members.begin(), members.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  out.push_back('{');
+  bool first = true;
+  for (const auto& [key, member] : members) {
+    if (!first) out.push_back(',');
+    first = false;
+    if (auto r = AppendString(member->first, out); !r) return r;
+    out.push_back(':');
+    if (auto r = Append(member->second, out, depth + 1); !r) {
+      PrefixField(r.error(), member->first);
+      return r;
+    }
+  }
+  out.push_back('}');
+  return {};
+}
+
 Result<void> Append(const json& value, std::string& out, int depth) {
   if (depth > kMaxDepth) {
     return Fail(Code::kLimitExceeded, "JSON nesting deeper than " + std::to_string(kMaxDepth));
@@ -214,42 +257,20 @@ Result<void> Append(const json& value, std::string& out, int depth) {
       return AppendString(value.get_ref<const json::string_t&>(), out);
     case json::value_t::array: {
       out.push_back('[');
-      bool first = true;
+      std::size_t index = 0;
       for (const json& element : value) {
-        if (!first) out.push_back(',');
-        first = false;
-        if (auto r = Append(element, out, depth + 1); !r) return r;
+        if (index != 0) out.push_back(',');
+        if (auto r = Append(element, out, depth + 1); !r) {
+          PrefixField(r.error(), "[" + std::to_string(index) + "]");
+          return r;
+        }
+        ++index;
       }
       out.push_back(']');
       return {};
     }
-    case json::value_t::object: {
-      std::vector<std::pair<std::u16string, const json::object_t::value_type*>> members;
-      members.reserve(value.size());
-      for (const auto& member : value.get_ref<const json::object_t&>()) {
-        std::u16string key;
-        if (!ToUtf16(member.first, key)) {
-          return Fail(Code::kInvalidArgument, "object member name is not valid UTF-8");
-        }
-        members.emplace_back(std::move(key), &member);
-      }
-      std::sort(members.begin(), members.end(),
-                [](const auto& a, const auto& b) { return a.first < b.first; });
-      out.push_back('{');
-      bool first = true;
-      for (const auto& [key, member] : members) {
-        if (!first) out.push_back(',');
-        first = false;
-        if (auto r = AppendString(member->first, out); !r) return r;
-        out.push_back(':');
-        if (auto r = Append(member->second, out, depth + 1); !r) {
-          if (r.error().field.empty()) r.error().field = member->first;
-          return r;
-        }
-      }
-      out.push_back('}');
-      return {};
-    }
+    case json::value_t::object:
+      return AppendObject(value.get_ref<const json::object_t&>(), out, depth, nullptr);
     case json::value_t::binary:
       return Fail(Code::kInvalidArgument, "binary values have no JSON representation");
     case json::value_t::discarded:
@@ -270,11 +291,11 @@ Result<std::string> CanonicalJsonWithout(const nlohmann::json& object, std::stri
   if (!object.is_object()) {
     return Fail(Code::kInvalidArgument, "expected a JSON object");
   }
-  nlohmann::json copy = object;
-  const auto& members = copy.get_ref<nlohmann::json::object_t&>();
-  (void)members;
-  copy.get_ref<nlohmann::json::object_t&>().erase(std::string(omit));
-  return CanonicalJson(copy);
+  std::string out;
+  if (auto r = AppendObject(object.get_ref<const nlohmann::json::object_t&>(), out, 0, &omit); !r) {
+    return std::unexpected(std::move(r.error()));
+  }
+  return out;
 }
 
 }  // namespace agentmesh

@@ -8,7 +8,9 @@
 //     for |x| >= 1e21 or < 1e-6; -0 as 0); integers beyond 2^53 and NaN/Inf are rejected.
 //
 // Thread-safety: pure. Errors: kInvalidArgument for values JCS cannot represent
-// (non-finite numbers, integers outside the IEEE-754 exact range, invalid UTF-8 in strings).
+// (non-finite numbers, integers outside the IEEE-754 exact range, invalid UTF-8 in strings), with
+// Error.field holding the path to the bad value (e.g. "intent.tags[1]"); kLimitExceeded for
+// nesting deeper than 512 levels.
 #pragma once
 
 #include <nlohmann/json.hpp>
