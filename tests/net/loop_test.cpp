@@ -386,7 +386,7 @@ TEST_CASE("loop: 1000 messages in one loop turn are coalesced into few writes", 
   REQUIRE(uv_loop_close(&loop) == 0);
 }
 
-TEST_CASE("loop: fragmented and 64 KiB messages; oversized → 1009 + error callback", "[loop]") {
+TEST_CASE("loop: fragmented and 64 KiB messages and oversized → 1009 + error callback", "[loop]") {
   uv_loop_t loop;
   REQUIRE(uv_loop_init(&loop) == 0);
   {
@@ -788,7 +788,7 @@ TEST_CASE("loop: on_accept can refuse connections", "[loop]") {
   REQUIRE(uv_loop_close(&loop) == 0);
 }
 
-TEST_CASE("loop: server pings; a peer that never answers is dropped", "[loop]") {
+TEST_CASE("loop: server pings and a peer that never answers is dropped", "[loop]") {
   uv_loop_t loop;
   REQUIRE(uv_loop_init(&loop) == 0);
   {

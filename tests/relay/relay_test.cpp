@@ -623,7 +623,7 @@ TEST_CASE("relay: wss:// with a certificate made by the test", "[relay]") {
   CHECK_FALSE(untrusted.Connect(relay.url("wss"), 3s));
 }
 
-TEST_CASE("relay: SIGTERM exits cleanly; SIGHUP with a bad config keeps running", "[relay]") {
+TEST_CASE("relay: SIGTERM exits cleanly and SIGHUP with a bad config keeps running", "[relay]") {
   TempDir config_dir;
   const auto config = config_dir.path() / "relay.json";
   std::ofstream(config) << R"({"messages_per_minute": 50})";

@@ -234,7 +234,7 @@ TEST_CASE("envelope: wrong JSON types and bad values are named", "[envelope]") {
   CHECK(big->sequence == kMaxSequence);
 }
 
-TEST_CASE("envelope payload must be an object; close and error have required members",
+TEST_CASE("envelope payload must be an object and close and error have required members",
           "[envelope]") {
   Fixture f;
   auto not_object =

@@ -157,7 +157,7 @@ TEST_CASE("X25519 rejects low-order public keys", "[identity]") {
   }
 }
 
-TEST_CASE("AMID is base58(SHA-256(public key)[0..20))", "[identity]") {
+TEST_CASE("AMID is base58 of the first 20 bytes of SHA-256(public key)", "[identity]") {
   DeterministicRng rng(1);
   const Ed25519KeyPair pair = Ed25519KeyPair::Generate(rng);
   const Amid amid = Amid::FromPublicKey(pair.public_key);
