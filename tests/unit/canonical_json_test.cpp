@@ -10,21 +10,14 @@
 #include <nlohmann/json.hpp>
 
 #include "agentmesh/core/canonical_json.hpp"
+#include "vectors.hpp"
 
 using namespace agentmesh;
 using nlohmann::json;
 
 namespace {
 
-json LoadVectors(const std::string& name) {
-  std::ifstream in(std::string(AGENTMESH_VECTORS_DIR) + "/" + name);
-  REQUIRE(in.good());
-  std::stringstream text;
-  text << in.rdbuf();
-  json doc = json::parse(text.str(), nullptr, false);
-  REQUIRE_FALSE(doc.is_discarded());
-  return doc;
-}
+using agentmesh::test_vectors::LoadVectors;
 
 json Parse(const std::string& text) {
   json value = json::parse(text, nullptr, false);

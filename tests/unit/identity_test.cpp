@@ -13,21 +13,14 @@
 #include "agentmesh/core/encoding.hpp"
 #include "agentmesh/core/identity.hpp"
 #include "agentmesh/core/rng.hpp"
+#include "vectors.hpp"
 
 using namespace agentmesh;
 using nlohmann::json;
 
 namespace {
 
-json LoadVectors(const std::string& name) {
-  std::ifstream in(std::string(AGENTMESH_VECTORS_DIR) + "/" + name);
-  REQUIRE(in.good());
-  std::stringstream text;
-  text << in.rdbuf();
-  json doc = json::parse(text.str(), nullptr, false);
-  REQUIRE_FALSE(doc.is_discarded());
-  return doc;
-}
+using agentmesh::test_vectors::LoadVectors;
 
 Bytes Hex(const json& value) {
   auto bytes = HexDecode(value.get<std::string>());

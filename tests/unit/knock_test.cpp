@@ -12,6 +12,7 @@
 #include "agentmesh/core/encoding.hpp"
 #include "agentmesh/core/envelope.hpp"
 #include "agentmesh/core/knock.hpp"
+#include "vectors.hpp"
 
 using namespace agentmesh;
 using nlohmann::json;
@@ -46,15 +47,7 @@ Party PartyFromHex(const json& keys) {
   return Party{std::move(signing), std::move(exchange), std::move(amid)};
 }
 
-json LoadVectors(const std::string& name) {
-  std::ifstream in(std::string(AGENTMESH_VECTORS_DIR) + "/" + name);
-  REQUIRE(in.good());
-  std::stringstream text;
-  text << in.rdbuf();
-  json doc = json::parse(text.str(), nullptr, false);
-  REQUIRE_FALSE(doc.is_discarded());
-  return doc;
-}
+using agentmesh::test_vectors::LoadVectors;
 
 UnixNanos Ts(std::string_view text) {
   auto t = ParseRfc3339(text);

@@ -7,6 +7,7 @@
 
 #include "agentmesh/core/policy.hpp"
 #include "agentmesh/core/rate_limit.hpp"
+#include "vectors.hpp"
 
 using namespace agentmesh;
 using nlohmann::json;
@@ -27,15 +28,7 @@ Amid A(std::string_view text) {
   return *amid;
 }
 
-json LoadVectors(const char* name) {
-  std::ifstream in(std::string(AGENTMESH_VECTORS_DIR) + "/" + name);
-  REQUIRE(in.good());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json v = json::parse(ss.str(), nullptr, false);
-  REQUIRE_FALSE(v.is_discarded());
-  return v;
-}
+using agentmesh::test_vectors::LoadVectors;
 
 Policy MustParse(const json& j) {
   auto p = ParsePolicy(j);

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "agentmesh/core/reputation.hpp"
+#include "vectors.hpp"
 
 using namespace agentmesh;
 using nlohmann::json;
@@ -14,15 +15,7 @@ constexpr UnixNanos kNow = 1'770'000'000 * kNanosPerSecond;
 constexpr UnixNanos kHour = 3600 * kNanosPerSecond;
 constexpr UnixNanos kDay = 24 * kHour;
 
-json LoadVectors(const char* name) {
-  std::ifstream in(std::string(AGENTMESH_VECTORS_DIR) + "/" + name);
-  REQUIRE(in.good());
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json v = json::parse(ss.str(), nullptr, false);
-  REQUIRE_FALSE(v.is_discarded());
-  return v;
-}
+using agentmesh::test_vectors::LoadVectors;
 
 Tier TierOf(const json& j) {
   auto t = TierFromJson(j);
