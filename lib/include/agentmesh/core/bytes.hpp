@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -20,6 +21,11 @@ namespace agentmesh {
 using Bytes = std::vector<std::uint8_t>;
 using ByteView = std::span<const std::uint8_t>;
 using MutableByteView = std::span<std::uint8_t>;
+
+// The bytes of a string (no copy; valid while the string is).
+inline ByteView AsBytes(std::string_view text) noexcept {
+  return {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()};
+}
 
 namespace detail {
 void SecureZero(void* data, std::size_t size) noexcept;
@@ -113,7 +119,9 @@ class SecretBuffer {
   ~SecretBuffer() { Wipe(); }
   SecretBuffer(const SecretBuffer&) = delete;
   SecretBuffer& operator=(const SecretBuffer&) = delete;
-  SecretBuffer(SecretBuffer&& other) noexcept : bytes_(std::move(other.bytes_)) { other.bytes_.clear(); }
+  SecretBuffer(SecretBuffer&& other) noexcept : bytes_(std::move(other.bytes_)) {
+    other.bytes_.clear();
+  }
   SecretBuffer& operator=(SecretBuffer&& other) noexcept {
     if (this != &other) {
       Wipe();
