@@ -6,6 +6,9 @@
 #include <array>
 #include <utility>
 
+#include "agentmesh/core/canonical_json.hpp"
+#include "agentmesh/core/json_scan.hpp"
+
 namespace agentmesh {
 namespace {
 
@@ -30,7 +33,7 @@ constexpr std::array<std::pair<std::string_view, EnvelopeType>, 7> kEnvelopeType
     {"capability_negotiation_response", EnvelopeType::kCapabilityNegotiationResponse},
 }};
 
-Result<Envelope> ParseEnvelopeObject(const json& object, std::size_t wire_size) {
+Result<Envelope> ParseEnvelopeObject(json object, std::size_t wire_size) {
   if (!object.is_object()) return Invalid("", "envelope must be a JSON object");
   auto session_id = detail::GetSessionId(object, "session_id");
   if (!session_id) return Propagate(session_id);
@@ -60,29 +63,84 @@ Result<Envelope> ParseEnvelopeObject(const json& object, std::size_t wire_size) 
                   .timestamp = *timestamp,
                   .payload = **payload,
                   .signature = *signature,
-                  .object = object,
+                  .object = std::move(object),
                   .wire_size = wire_size};
 }
 
-Result<json> EnvelopeObject(const EnvelopeParams& params) {
-  if (!params.payload.is_object()) return Invalid("payload", "must be an object");
-  return json{{"session_id", params.session_id},
-              {"sequence", params.sequence},
-              {"from", params.from.str()},
-              {"to", params.to.str()},
-              {"type", EnvelopeTypeName(params.type)},
-              {"timestamp", FormatRfc3339Z(params.timestamp)},
-              {"payload", params.payload}};
-}
-
-Result<Envelope> FinishBuild(const json& object, std::size_t max_message_size_bytes) {
-  const std::size_t size = detail::Dump(object).size();
-  const std::size_t limit = std::min(max_message_size_bytes, kMaxEnvelopeBytesCap);
-  if (size > limit) {
-    return Fail(Code::kLimitExceeded,
-                fmt::format("envelope is {} bytes serialized, limit {}", size, limit));
+// Builds the envelope without a parse round trip: the members are written once, directly in
+// RFC 8785 order (from, payload, sequence, session_id, [signature,] timestamp, to, type), so the
+// signing input is `head + tail` and the wire text is the same with the signature spliced in.
+Result<Envelope> BuildEnvelope(const EnvelopeParams& params, const Ed25519KeyPair* signer) {
+  if (signer != nullptr && Amid::FromPublicKey(signer->public_key) != params.from) {
+    return Invalid("from", "is not the AMID of the signing key");
   }
-  return ParseEnvelopeObject(object, size);
+  if (auto r = ValidateSessionId(params.session_id); !r) {
+    return Invalid("session_id", r.error().message);
+  }
+  if (params.sequence < 1 || params.sequence > kMaxSequence) {
+    return Invalid("sequence", fmt::format("must be an integer in [1, {}]", kMaxSequence));
+  }
+  if (auto r = ValidatePayload(params.type, params.payload); !r) return Propagate(r);
+  auto canonical_payload = CanonicalJson(params.payload);
+  if (!canonical_payload) return Invalid("payload", canonical_payload.error().message);
+  const std::string timestamp = FormatRfc3339Z(params.timestamp);
+  const std::string_view type_name = EnvelopeTypeName(params.type);
+
+  std::string head;
+  head.reserve(canonical_payload->size() + 160);
+  head += "{\"from\":";
+  AppendJsonString(head, params.from.str());
+  head += ",\"payload\":";
+  head += *canonical_payload;
+  head += ",\"sequence\":";
+  head += fmt::format_int(params.sequence).str();
+  head += ",\"session_id\":";
+  AppendJsonString(head, params.session_id);
+  std::string tail = ",\"timestamp\":";
+  AppendJsonString(tail, timestamp);
+  tail += ",\"to\":";
+  AppendJsonString(tail, params.to.str());
+  tail += ",\"type\":";
+  AppendJsonString(tail, type_name);
+  tail += '}';
+
+  std::optional<Signature> signature;
+  std::string text;
+  if (signer != nullptr) {
+    std::string input;
+    input.reserve(head.size() + tail.size());
+    input.append(head).append(tail);
+    signature = Sign(signer->secret, AsBytes(input));
+    const std::string sig_text = FormatSignature(*signature);
+    text.reserve(input.size() + sig_text.size() + 16);
+    text.append(head).append(",\"signature\":\"").append(sig_text).append("\"").append(tail);
+  } else {
+    text = std::move(head);
+    text += tail;
+  }
+  const std::size_t limit = std::min(params.max_message_size_bytes, kMaxEnvelopeBytesCap);
+  if (text.size() > limit) {
+    return Fail(Code::kLimitExceeded,
+                fmt::format("envelope is {} bytes serialized, limit {}", text.size(), limit));
+  }
+
+  json object = {
+      {"session_id", params.session_id}, {"sequence", params.sequence}, {"from", params.from.str()},
+      {"to", params.to.str()},           {"type", type_name},           {"timestamp", timestamp},
+      {"payload", params.payload}};
+  if (signature) object["signature"] = FormatSignature(*signature);
+  const std::size_t size = text.size();
+  return Envelope{.session_id = params.session_id,
+                  .sequence = params.sequence,
+                  .from = params.from,
+                  .to = params.to,
+                  .type = params.type,
+                  .timestamp = params.timestamp,
+                  .payload = params.payload,
+                  .signature = signature,
+                  .object = std::move(object),
+                  .text = std::move(text),
+                  .wire_size = size};
 }
 
 Result<void> RequireNonEmptyString(const json& payload, std::string_view key) {
@@ -110,32 +168,23 @@ Result<EnvelopeType> ParseEnvelopeType(std::string_view name) {
   return Fail(Code::kInvalidArgument, fmt::format("unknown envelope type \"{}\"", name));
 }
 
-std::string Envelope::Serialize() const { return detail::Dump(object); }
+std::string Envelope::Serialize() const { return text.empty() ? detail::Dump(object) : text; }
 
 Result<Envelope> BuildSignedEnvelope(const EnvelopeParams& params, const Ed25519KeyPair& signer) {
-  if (Amid::FromPublicKey(signer.public_key) != params.from) {
-    return Invalid("from", "is not the AMID of the signing key");
-  }
-  auto object = EnvelopeObject(params);
-  if (!object) return Propagate(object);
-  if (auto r = SignObject(*object, signer.secret); !r) return Propagate(r);
-  return FinishBuild(*object, params.max_message_size_bytes);
+  return BuildEnvelope(params, &signer);
 }
 
 Result<Envelope> BuildUnsignedEnvelope(const EnvelopeParams& params) {
-  auto object = EnvelopeObject(params);
-  if (!object) return Propagate(object);
-  // Same validation as signing would give (JCS-representable values), so an unsigned envelope is
-  // never something a signed session could not carry.
-  if (auto r = SigningInput(*object); !r) return Propagate(r);
-  return FinishBuild(*object, params.max_message_size_bytes);
+  return BuildEnvelope(params, nullptr);
 }
 
 Result<Envelope> ParseEnvelope(std::string_view json_text, std::size_t max_bytes) {
   auto object =
       detail::ParseObjectText(json_text, std::min(max_bytes, kMaxEnvelopeBytesCap), "envelope");
   if (!object) return Propagate(object);
-  return ParseEnvelopeObject(*object, json_text.size());
+  auto envelope = ParseEnvelopeObject(std::move(*object), json_text.size());
+  if (envelope) envelope->text = std::string(json_text);
+  return envelope;
 }
 
 Result<Envelope> ParseEnvelope(const json& object) {
@@ -262,8 +311,9 @@ Result<SessionMessage> ParseSessionPlaintext(std::string_view json_text,
     return Invalid("type", fmt::format("unknown message type \"{}\"", *type));
   }
   if (auto r = check_size(envelope_limit, "envelope"); !r) return Propagate(r);
-  auto envelope = ParseEnvelopeObject(*object, json_text.size());
+  auto envelope = ParseEnvelopeObject(std::move(*object), json_text.size());
   if (!envelope) return Propagate(envelope);
+  envelope->text = std::string(json_text);
   return SessionMessage(std::move(*envelope));
 }
 

@@ -107,8 +107,9 @@ Result<Amid> Amid::Parse(std::string_view text) {
     return Fail(Code::kInvalidArgument,
                 fmt::format("AMID must encode 20 bytes, got {}", raw->size()));
   }
-  // Reject non-canonical spellings (e.g. extra leading '1's) so one AMID has one text form.
-  if (Base58Encode(*raw) != text) return Fail(Code::kInvalidArgument, "AMID is not canonical");
+  // One AMID has one text form without re-encoding: each leading '1' decodes to one zero byte and
+  // the remaining digits (first one non-zero) to a minimal big-endian number, so Base58Decode is
+  // injective and an extra leading '1' already changes the decoded length.
   return Amid(std::string(text));
 }
 

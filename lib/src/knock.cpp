@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <array>
-#include <unordered_set>
 #include <utility>
 
 #include "agentmesh/core/canonical_json.hpp"
@@ -699,52 +698,111 @@ std::string Dump(const json& value) {
   return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
+namespace {
+
+// nlohmann's DOM builder plus two checks: containers nested deeper than kMaxJsonDepth stop the
+// parse, and a repeated member name is remembered (the parse goes on, so a text that is also
+// malformed is reported as malformed). A duplicate is rejected because different JSON parsers
+// resolve it differently, so a signature could be read two ways.
+class StrictDomBuilder {
+ public:
+  explicit StrictDomBuilder(json& root) : root_(root) {}
+
+  bool null() { return Value(nullptr); }
+  bool boolean(bool value) { return Value(value); }
+  bool number_integer(json::number_integer_t value) { return Value(value); }
+  bool number_unsigned(json::number_unsigned_t value) { return Value(value); }
+  bool number_float(json::number_float_t value, const json::string_t& /*text*/) {
+    return Value(value);
+  }
+  bool string(json::string_t& value) { return Value(std::move(value)); }
+  bool binary(json::binary_t& /*value*/) { return false; }  // not produced by the text parser
+
+  bool start_object(std::size_t /*size*/) { return Open(json::value_t::object); }
+  bool key(json::string_t& name) {
+    auto& members = stack_.back()->get_ref<json::object_t&>();
+    auto [it, inserted] = members.try_emplace(name);
+    if (!inserted && duplicate_.empty()) duplicate_ = name;
+    member_ = &it->second;
+    return true;
+  }
+  bool end_object() { return Close(); }
+  bool start_array(std::size_t /*size*/) { return Open(json::value_t::array); }
+  bool end_array() { return Close(); }
+  bool parse_error(std::size_t /*position*/, const std::string& /*token*/,
+                   const nlohmann::detail::exception& /*error*/) {
+    malformed_ = true;
+    return false;
+  }
+
+  bool too_deep() const noexcept { return too_deep_; }
+  bool malformed() const noexcept { return malformed_; }
+  const std::string& duplicate() const noexcept { return duplicate_; }
+
+ private:
+  template <typename V>
+  json* Place(V&& value) {
+    if (stack_.empty()) {
+      root_ = json(std::forward<V>(value));
+      return &root_;
+    }
+    json& parent = *stack_.back();
+    if (parent.is_array()) {
+      auto& items = parent.get_ref<json::array_t&>();
+      items.emplace_back(std::forward<V>(value));
+      return &items.back();
+    }
+    *member_ = json(std::forward<V>(value));
+    return member_;
+  }
+  template <typename V>
+  bool Value(V&& value) {
+    Place(std::forward<V>(value));
+    return true;
+  }
+  bool Open(json::value_t kind) {
+    if (stack_.size() + 1 > static_cast<std::size_t>(kMaxJsonDepth)) {
+      too_deep_ = true;
+      return false;
+    }
+    stack_.push_back(Place(kind));
+    return true;
+  }
+  bool Close() {
+    stack_.pop_back();
+    return true;
+  }
+
+  json& root_;
+  std::vector<json*> stack_;
+  json* member_ = nullptr;
+  std::string duplicate_;
+  bool too_deep_ = false;
+  bool malformed_ = false;
+};
+
+}  // namespace
+
 Result<json> ParseObjectText(std::string_view text, std::size_t max_bytes, std::string_view what) {
   if (text.size() > max_bytes) {
     return Fail(Code::kLimitExceeded,
                 fmt::format("{} is {} bytes, limit {}", what, text.size(), max_bytes));
   }
-  // One set of member names per open object, to reject duplicates (which different JSON parsers
-  // resolve differently, so a signature could be read two ways).
-  std::vector<std::unordered_set<std::string>> open_objects;
-  std::string duplicate;
-  bool too_deep = false;
-  const json::parser_callback_t callback = [&](int depth, json::parse_event_t event,
-                                               json& parsed) -> bool {
-    switch (event) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start:
-        // `depth` counts the containers already open around this one.
-        if (depth + 1 > kMaxJsonDepth) {
-          too_deep = true;
-          return false;
-        }
-        if (event == json::parse_event_t::object_start) open_objects.emplace_back();
-        return true;
-      case json::parse_event_t::object_end:
-        if (!open_objects.empty()) open_objects.pop_back();
-        return true;
-      case json::parse_event_t::key:
-        if (const std::string* key = parsed.get_ptr<const std::string*>();
-            key != nullptr && !open_objects.empty()) {
-          if (!open_objects.back().insert(*key).second && duplicate.empty()) duplicate = *key;
-        }
-        return true;
-      default:
-        return true;
-    }
-  };
-  json parsed = json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/false);
-  if (too_deep) {
+  json parsed;
+  StrictDomBuilder builder(parsed);
+  const bool ok = json::sax_parse(text.begin(), text.end(), &builder,
+                                  nlohmann::detail::input_format_t::json, /*strict=*/true);
+  if (builder.too_deep()) {
     return Fail(Code::kInvalidArgument,
                 fmt::format("{} nests JSON deeper than {} levels", what, kMaxJsonDepth));
   }
-  if (parsed.is_discarded()) {
+  if (!ok || builder.malformed()) {
     return Fail(Code::kInvalidArgument, fmt::format("{} is not valid JSON", what));
   }
-  if (!duplicate.empty()) {
+  if (!builder.duplicate().empty()) {
     return Fail(Code::kInvalidArgument,
-                fmt::format("{} has a duplicate member \"{}\"", what, duplicate), duplicate);
+                fmt::format("{} has a duplicate member \"{}\"", what, builder.duplicate()),
+                builder.duplicate());
   }
   if (!parsed.is_object()) {
     return Fail(Code::kInvalidArgument, fmt::format("{} must be a JSON object", what));

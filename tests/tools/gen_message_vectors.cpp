@@ -63,12 +63,13 @@ void MustOk(const Result<void>& r, const std::string& what) {
 
 UnixNanos Ts(std::string_view text) { return Must(ParseRfc3339(text), std::string(text)); }
 
-json Record(std::string name, json inputs, const json& object) {
+// `serialized` defaults to the compact dump of `object`; envelopes pass their canonical wire text.
+json Record(std::string name, json inputs, const json& object, std::string serialized = {}) {
   return {{"name", std::move(name)},
           {"inputs", std::move(inputs)},
           {"signing_string", Must(SigningInput(object), "signing input")},
           {"signature", object.contains("signature") ? object["signature"] : json(nullptr)},
-          {"serialized", object.dump()}};
+          {"serialized", serialized.empty() ? object.dump() : std::move(serialized)}};
 }
 
 json IntentJson(const Intent& i) {
@@ -282,7 +283,7 @@ json EnvelopeVectors(const Party& alice, const Party& bob, const std::string& se
                    {"timestamp", c.timestamp},
                    {"payload", c.payload},
                    {"signed", c.sign}};
-    vectors.push_back(Record(c.name, inputs, e.object));
+    vectors.push_back(Record(c.name, inputs, e.object, e.Serialize()));
   }
   return vectors;
 }

@@ -87,10 +87,15 @@ struct Envelope {
   // The envelope as received or built, unknown members included; the signature covers exactly
   // SigningInput(object).
   nlohmann::json object = nlohmann::json::object();
+  // The text it was parsed from, or, when built, its RFC 8785 canonical form with the signature
+  // member in its sorted place (so the signing input is the text minus that member). Empty for an
+  // envelope parsed from a DOM.
+  std::string text = {};
   // Bytes of the text it was parsed from, else of Serialize(). This is what the session's
   // max_message_size_bytes limits.
   std::size_t wire_size = 0;
 
+  // `text` when set, else the compact dump of `object`.
   std::string Serialize() const;
 };
 
