@@ -1,7 +1,7 @@
 #include "agentmesh/core/encoding.hpp"
 
-#include <array>
 #include <fmt/format.h>
+#include <array>
 
 namespace agentmesh {
 namespace {
@@ -55,25 +55,57 @@ std::string Base64EncodeWith(ByteView data, std::string_view alphabet, bool pad)
 
 }  // namespace
 
+// Base58 is a change of radix of one big number. Both directions work on wide limbs rather than
+// single digits: 58^5 < 2^32 and 58^5 * 2^32 < 2^64, so a limb of five base-58 digits absorbs 32
+// input bits per step (encode), and a 32-bit limb absorbs five base-58 digits per step (decode).
+constexpr std::uint64_t kBase58Pow5 = 58ULL * 58 * 58 * 58 * 58;  // 656'356'768
+
 std::string Base58Encode(ByteView data) {
   std::size_t zeros = 0;
   while (zeros < data.size() && data[zeros] == 0) ++zeros;
-  // log(256)/log(58) ~= 1.366; digits are stored little-endian while converting.
-  std::vector<std::uint8_t> digits((data.size() - zeros) * 138 / 100 + 1, 0);
-  std::size_t length = 0;
-  for (std::size_t i = zeros; i < data.size(); ++i) {
-    std::uint32_t carry = data[i];
+  const ByteView value = data.subspan(zeros);
+  // Little-endian limbs of five base-58 digits each; 8 bits need at most 1.37 digits.
+  std::vector<std::uint32_t> limbs(value.size() * 138 / 500 + 2, 0);
+  std::size_t used = 0;
+  std::size_t i = 0;
+  const auto absorb = [&](std::uint64_t chunk, unsigned bits) {
+    std::uint64_t carry = chunk;
     std::size_t j = 0;
-    for (; j < length || carry != 0; ++j) {
-      carry += std::uint32_t{digits[j]} << 8;
-      digits[j] = static_cast<std::uint8_t>(carry % 58);
-      carry /= 58;
+    for (; j < used || carry != 0; ++j) {
+      const std::uint64_t x = (std::uint64_t{limbs[j]} << bits) + carry;
+      limbs[j] = static_cast<std::uint32_t>(x % kBase58Pow5);
+      carry = x / kBase58Pow5;
     }
-    length = j;
+    used = j;
+  };
+  const std::size_t head = value.size() % 4;  // leading bytes that do not fill a 32-bit chunk
+  if (head != 0) {
+    std::uint64_t chunk = 0;
+    for (; i < head; ++i) chunk = (chunk << 8) | value[i];
+    absorb(chunk, static_cast<unsigned>(8 * head));
   }
+  for (; i < value.size(); i += 4) {
+    const std::uint64_t chunk = (std::uint64_t{value[i]} << 24) |
+                                (std::uint64_t{value[i + 1]} << 16) |
+                                (std::uint64_t{value[i + 2]} << 8) | std::uint64_t{value[i + 3]};
+    absorb(chunk, 32);
+  }
+  char digits[5];
   std::string out(zeros, '1');
-  out.reserve(zeros + length);
-  for (std::size_t i = 0; i < length; ++i) out += kBase58Alphabet[digits[length - 1 - i]];
+  out.reserve(zeros + used * 5);
+  bool leading = true;  // skip the top limb's leading zero digits
+  for (std::size_t j = used; j-- > 0;) {
+    std::uint32_t limb = limbs[j];
+    for (int d = 4; d >= 0; --d) {
+      digits[d] = kBase58Alphabet[limb % 58];
+      limb /= 58;
+    }
+    for (char c : digits) {
+      if (leading && c == kBase58Alphabet[0]) continue;
+      leading = false;
+      out += c;
+    }
+  }
   return out;
 }
 
@@ -81,26 +113,47 @@ Result<Bytes> Base58Decode(std::string_view text) {
   if (text.empty()) return Fail(Code::kInvalidArgument, "empty base58 string");
   std::size_t ones = 0;
   while (ones < text.size() && text[ones] == '1') ++ones;
-  std::vector<std::uint8_t> bytes((text.size() - ones) * 733 / 1000 + 1, 0);  // log(58)/log(256)
-  std::size_t length = 0;
-  for (std::size_t i = ones; i < text.size(); ++i) {
-    const std::int8_t digit = kBase58Reverse[static_cast<unsigned char>(text[i])];
-    if (digit < 0) {
-      return Fail(Code::kInvalidArgument,
-                  fmt::format("invalid base58 character at position {}", i));
-    }
-    std::uint32_t carry = static_cast<std::uint32_t>(digit);
+  const std::string_view value = text.substr(ones);
+  // Little-endian 32-bit limbs; 5 base-58 digits need at most 29.3 bits.
+  std::vector<std::uint32_t> limbs(value.size() * 733 / 4000 + 2, 0);
+  std::size_t used = 0;
+  const auto absorb = [&](std::uint64_t chunk, std::uint64_t scale) {
+    std::uint64_t carry = chunk;
     std::size_t j = 0;
-    for (; j < length || carry != 0; ++j) {
-      carry += std::uint32_t{bytes[j]} * 58;
-      bytes[j] = static_cast<std::uint8_t>(carry & 0xff);
-      carry >>= 8;
+    for (; j < used || carry != 0; ++j) {
+      const std::uint64_t x = std::uint64_t{limbs[j]} * scale + carry;
+      limbs[j] = static_cast<std::uint32_t>(x);
+      carry = x >> 32;
     }
-    length = j;
+    used = j;
+  };
+  std::size_t i = 0;
+  const std::size_t head = value.size() % 5;
+  for (std::size_t group = head == 0 ? 5 : head; i < value.size(); group = 5) {
+    std::uint64_t chunk = 0;
+    std::uint64_t scale = 1;
+    for (std::size_t k = 0; k < group; ++k, ++i) {
+      const std::int8_t digit = kBase58Reverse[static_cast<unsigned char>(value[i])];
+      if (digit < 0) {
+        return Fail(Code::kInvalidArgument,
+                    fmt::format("invalid base58 character at position {}", ones + i));
+      }
+      chunk = chunk * 58 + static_cast<std::uint64_t>(digit);
+      scale *= 58;
+    }
+    absorb(chunk, scale);
   }
   Bytes out(ones, 0);
-  out.reserve(ones + length);
-  for (std::size_t i = 0; i < length; ++i) out.push_back(bytes[length - 1 - i]);
+  out.reserve(ones + used * 4);
+  bool leading = true;  // the value's own leading zero bytes are not part of its encoding
+  for (std::size_t j = used; j-- > 0;) {
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      const auto byte = static_cast<std::uint8_t>(limbs[j] >> shift);
+      if (leading && byte == 0) continue;
+      leading = false;
+      out.push_back(byte);
+    }
+  }
   return out;
 }
 

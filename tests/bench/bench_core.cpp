@@ -395,8 +395,29 @@ int main(int argc, char** argv) {
         [&] { raw.Message(); }, "(baseline: chain only)");
   }
 
+  const auto find = [](std::string_view prefix) -> const Row* {
+    for (const Row& row : g_rows) {
+      if (row.name.starts_with(prefix)) return &row;
+    }
+    return nullptr;
+  };
+  const auto verdict = [](bool met) { return met ? "met" : "NOT met"; };
+  std::printf("\nTargets (issue #2, per core):\n");
+  if (const Row* r = find("signed envelope")) {
+    const double ratio = r->ours / r->baseline;
+    std::printf("  signed messages >= 0.80 of composed libsodium: %.2f  %s\n", ratio,
+                verdict(ratio >= 0.80));
+  }
+  if (const Row* r = find("ratchet 256 B, same chain")) {
+    std::printf("  unsigned ratchet messages >= 100 k/s:          %s  %s\n", Human(r->ours).c_str(),
+                verdict(r->ours >= 100e3));
+  }
+  if (const Row* r = find("policy evaluation")) {
+    std::printf("  policy evaluation >= 1 M/s:                    %s  %s\n", Human(r->ours).c_str(),
+                verdict(r->ours >= 1e6));
+  }
   std::printf(
-      "\nTargets (issue #2, per core): signed messages >= 0.80 of the composed libsodium\n"
-      "limit; unsigned >= 100 k/s; policy evaluation >= 1 M/s.\n");
+      "  (the unsigned envelope line adds JSON build + parse of the envelope to the ratchet;\n"
+      "   it is reported for the daemon's budget, the issue's unsigned figure is the ratchet's)\n");
   return 0;
 }
