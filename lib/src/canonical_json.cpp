@@ -80,6 +80,18 @@ Result<void> AppendString(std::string_view s, std::string& out) {
   out.push_back('"');
   std::size_t i = 0;
   while (i < s.size()) {
+    // Printable ASCII other than '"' and '\\' is copied as a run: the common case.
+    std::size_t run = i;
+    while (run < s.size()) {
+      const auto c = static_cast<unsigned char>(s[run]);
+      if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\') break;
+      ++run;
+    }
+    if (run != i) {
+      out.append(s.data() + i, run - i);
+      i = run;
+      continue;
+    }
     const std::size_t start = i;
     char32_t cp = 0;
     if (!DecodeUtf8(s, i, cp)) {
