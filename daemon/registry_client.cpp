@@ -53,6 +53,7 @@ Code CodeForStatus(long status) {
     case 403:
       return Code::kPermissionDenied;
     case 404:
+    case 410:  // revoked: the registry no longer serves this agent's prekeys or DID
       return Code::kNotFound;
     case 409:
       return Code::kConflict;

@@ -1,0 +1,829 @@
+#include "sqlite_store.hpp"
+
+#include <fmt/format.h>
+
+#include <array>
+#include <condition_variable>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "agentmesh/storage/sqlite.hpp"
+
+namespace agentmesh::registry {
+namespace {
+
+using storage::Database;
+using storage::Statement;
+
+// Versioned schema: entry i brings the database from user_version i to i + 1. Never edit a
+// released entry; append a new one.
+constexpr std::array<std::string_view, 1> kMigrations = {
+    R"sql(
+CREATE TABLE agents (
+  amid TEXT PRIMARY KEY,
+  signing_public_key TEXT NOT NULL,
+  exchange_public_key TEXT NOT NULL,
+  tier_rank INTEGER NOT NULL DEFAULT 0 CHECK (tier_rank IN (0, 1, 2)),
+  display_name TEXT,
+  organization TEXT,
+  capabilities TEXT NOT NULL DEFAULT '[]',
+  relay_endpoint TEXT,
+  direct_endpoint TEXT,
+  status TEXT NOT NULL DEFAULT 'offline' CHECK (status IN ('online', 'away', 'offline', 'dnd')),
+  reputation_score REAL NOT NULL DEFAULT 0.5,
+  last_seen INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX agents_order ON agents (revoked, reputation_score DESC, last_seen DESC, amid);
+CREATE TABLE agent_capabilities (
+  amid TEXT NOT NULL REFERENCES agents (amid) ON DELETE CASCADE,
+  capability TEXT NOT NULL,
+  PRIMARY KEY (amid, capability)
+) WITHOUT ROWID;
+CREATE INDEX agent_capabilities_by_capability ON agent_capabilities (capability, amid);
+CREATE TABLE signed_prekeys (
+  amid TEXT NOT NULL REFERENCES agents (amid) ON DELETE CASCADE,
+  prekey_id INTEGER NOT NULL,
+  public_key TEXT NOT NULL,
+  signature TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (amid, prekey_id)
+) WITHOUT ROWID;
+CREATE TABLE one_time_prekeys (
+  amid TEXT NOT NULL REFERENCES agents (amid) ON DELETE CASCADE,
+  prekey_id INTEGER NOT NULL,
+  public_key TEXT NOT NULL,
+  consumed INTEGER NOT NULL DEFAULT 0,
+  consumed_at INTEGER,
+  PRIMARY KEY (amid, prekey_id)
+) WITHOUT ROWID;
+CREATE INDEX one_time_prekeys_available ON one_time_prekeys (amid, consumed, prekey_id);
+CREATE TABLE revocations (
+  amid TEXT PRIMARY KEY REFERENCES agents (amid),
+  id TEXT NOT NULL UNIQUE,
+  reason TEXT NOT NULL,
+  revoked_by TEXT NOT NULL,
+  revoked_at INTEGER NOT NULL,
+  notes TEXT
+);
+CREATE INDEX revocations_by_time ON revocations (revoked_at, amid);
+CREATE TABLE reputation_feedback (
+  id TEXT PRIMARY KEY,
+  target_amid TEXT NOT NULL,
+  from_amid TEXT NOT NULL,
+  session_id TEXT NOT NULL,
+  score REAL NOT NULL,
+  tags TEXT NOT NULL DEFAULT '[]',
+  ip_key TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL,
+  UNIQUE (from_amid, session_id)
+);
+CREATE INDEX reputation_feedback_by_target ON reputation_feedback (target_amid, created_at);
+CREATE TABLE completed_sessions (
+  session_id TEXT PRIMARY KEY,
+  id TEXT NOT NULL,
+  initiator_amid TEXT NOT NULL,
+  receiver_amid TEXT NOT NULL,
+  intent TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  started_at INTEGER,
+  reporter_amid TEXT NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE INDEX completed_sessions_by_initiator ON completed_sessions (initiator_amid);
+CREATE INDEX completed_sessions_by_receiver ON completed_sessions (receiver_amid);
+)sql",
+};
+
+constexpr std::string_view kAgentColumns =
+    "a.amid, a.signing_public_key, a.exchange_public_key, a.tier_rank, a.display_name, "
+    "a.organization, a.capabilities, a.relay_endpoint, a.direct_endpoint, a.status, "
+    "a.reputation_score, a.last_seen, a.created_at, a.updated_at, a.revoked";
+
+Tier TierFromRank(std::int64_t rank) {
+  return rank >= 2 ? Tier::kOrganization : rank == 1 ? Tier::kVerified : Tier::kAnonymous;
+}
+
+std::optional<std::string> OptText(const Statement& s, int i) {
+  if (s.ColumnIsNull(i)) return std::nullopt;
+  return std::string(s.ColumnText(i));
+}
+
+std::vector<std::string> JsonStrings(std::string_view text) {
+  std::vector<std::string> out;
+  auto doc = nlohmann::json::parse(text, nullptr, false);
+  if (!doc.is_array()) return out;
+  for (const auto& v : doc) {
+    if (v.is_string()) out.push_back(v.get<std::string>());
+  }
+  return out;
+}
+
+std::string StringsJson(std::span<const std::string> values) {
+  nlohmann::json doc = nlohmann::json::array();
+  for (const auto& v : values) doc.push_back(v);
+  return doc.dump();
+}
+
+AgentRecord ReadAgent(const Statement& s) {
+  AgentRecord a;
+  a.amid = std::string(s.ColumnText(0));
+  a.signing_public_key = std::string(s.ColumnText(1));
+  a.exchange_public_key = std::string(s.ColumnText(2));
+  a.tier = TierFromRank(s.ColumnInt(3));
+  a.display_name = OptText(s, 4);
+  a.organization = OptText(s, 5);
+  a.capabilities = JsonStrings(s.ColumnText(6));
+  a.relay_endpoint = OptText(s, 7);
+  a.direct_endpoint = OptText(s, 8);
+  a.status = PresenceFromName(s.ColumnText(9)).value_or(Presence::kOffline);
+  a.reputation_score = s.ColumnDouble(10);
+  a.last_seen = s.ColumnInt(11);
+  a.created_at = s.ColumnInt(12);
+  a.updated_at = s.ColumnInt(13);
+  a.revoked = s.ColumnInt(14) != 0;
+  return a;
+}
+
+RevocationRecord ReadRevocation(const Statement& s) {
+  RevocationRecord r;
+  r.amid = std::string(s.ColumnText(0));
+  r.id = std::string(s.ColumnText(1));
+  r.reason = std::string(s.ColumnText(2));
+  r.revoked_by = std::string(s.ColumnText(3));
+  r.revoked_at = s.ColumnInt(4);
+  r.notes = OptText(s, 5);
+  return r;
+}
+
+// The smallest string greater than every string starting with `prefix` (byte order), or nullopt
+// when there is none (empty prefix or all 0xff bytes).
+std::optional<std::string> PrefixUpperBound(std::string prefix) {
+  while (!prefix.empty()) {
+    auto& last = reinterpret_cast<unsigned char&>(prefix.back());
+    if (last != 0xff) {
+      ++last;
+      return prefix;
+    }
+    prefix.pop_back();
+  }
+  return std::nullopt;
+}
+
+// A connection with its prepared statements (prepared once, reused).
+struct Conn {
+  Database db;
+  std::unordered_map<std::string, Statement> statements;
+
+  explicit Conn(Database d) : db(std::move(d)) {}
+
+  Result<Statement*> Prepare(std::string_view sql) {
+    auto it = statements.find(std::string(sql));
+    if (it != statements.end()) return &it->second;
+    auto stmt = db.Prepare(sql);
+    if (!stmt) return std::unexpected(stmt.error());
+    auto [pos, inserted] = statements.emplace(std::string(sql), std::move(*stmt));
+    return &pos->second;
+  }
+};
+
+// Resets a cached statement when the scope ends, whatever happened.
+class Use {
+ public:
+  explicit Use(Statement* s) : s_(s) {}
+  ~Use() { s_->Reset(); }
+  Use(const Use&) = delete;
+  Use& operator=(const Use&) = delete;
+  Statement& operator*() const { return *s_; }
+  Statement* operator->() const { return s_; }
+
+ private:
+  Statement* s_;
+};
+
+#define AMESH_TRY(var, expr)                                       \
+  auto var##_result = (expr);                                      \
+  if (!var##_result) return std::unexpected(var##_result.error()); \
+  auto& var = *var##_result
+
+#define AMESH_CHECK(expr)                                          \
+  do {                                                             \
+    if (auto r_ = (expr); !r_) return std::unexpected(r_.error()); \
+  } while (false)
+
+class SqliteStore final : public RegistryStore {
+ public:
+  SqliteStore(std::unique_ptr<Conn> writer, std::vector<std::unique_ptr<Conn>> readers)
+      : writer_(std::move(writer)), readers_(std::move(readers)) {}
+
+  std::string_view backend() const noexcept override { return "sqlite"; }
+
+  Result<void> Migrate() override {
+    std::lock_guard lock(write_mu_);
+    return writer_->db.Migrate(kMigrations);
+  }
+
+  Result<int> SchemaVersion() override {
+    std::lock_guard lock(write_mu_);
+    return writer_->db.UserVersion();
+  }
+
+  Result<void> InsertAgent(const AgentRecord& a) override {
+    std::lock_guard lock(write_mu_);
+    Conn& c = *writer_;
+    storage::Transaction tx(c.db);
+    AMESH_CHECK(tx.status());
+    {
+      AMESH_TRY(p,
+                c.Prepare("INSERT INTO agents (amid, signing_public_key, exchange_public_key, "
+                          "tier_rank, display_name, organization, capabilities, relay_endpoint, "
+                          "direct_endpoint, status, reputation_score, last_seen, created_at, "
+                          "updated_at, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+                          "?11, ?12, ?13, ?14, 0)"));
+      Use s(p);
+      s->Bind(1, a.amid)
+          .Bind(2, a.signing_public_key)
+          .Bind(3, a.exchange_public_key)
+          .Bind(4, TierRank(a.tier))
+          .Bind(5, a.display_name)
+          .Bind(6, a.organization)
+          .Bind(7, StringsJson(a.capabilities))
+          .Bind(8, a.relay_endpoint)
+          .Bind(9, a.direct_endpoint)
+          .Bind(10, ToString(a.status))
+          .Bind(11, a.reputation_score)
+          .Bind(12, a.last_seen)
+          .Bind(13, a.created_at)
+          .Bind(14, a.updated_at);
+      if (auto r = s->Run(); !r) {
+        if (r.error().code == Code::kConflict)
+          return Fail(Code::kConflict, "AMID already registered");
+        return r;
+      }
+    }
+    AMESH_CHECK(InsertCapabilities(c, a.amid, a.capabilities));
+    return tx.Commit();
+  }
+
+  Result<std::optional<AgentRecord>> GetAgent(std::string_view amid) override {
+    Reader r(*this);
+    AMESH_TRY(p,
+              r->Prepare(fmt::format("SELECT {} FROM agents a WHERE a.amid = ?1", kAgentColumns)));
+    Use s(p);
+    s->Bind(1, amid);
+    AMESH_TRY(row, s->Step());
+    if (!row) return std::optional<AgentRecord>{};
+    return std::optional<AgentRecord>(ReadAgent(*s));
+  }
+
+  Result<bool> UpdatePresence(std::string_view amid, Presence status, UnixNanos now) override {
+    std::lock_guard lock(write_mu_);
+    AMESH_TRY(
+        p, writer_->Prepare(
+               "UPDATE agents SET status = ?2, last_seen = ?3, updated_at = ?3 WHERE amid = ?1"));
+    Use s(p);
+    s->Bind(1, amid).Bind(2, ToString(status)).Bind(3, now);
+    AMESH_CHECK(s->Run());
+    return writer_->db.Changes() > 0;
+  }
+
+  Result<bool> ReplaceCapabilities(std::string_view amid, std::span<const std::string> caps,
+                                   UnixNanos now) override {
+    std::lock_guard lock(write_mu_);
+    Conn& c = *writer_;
+    storage::Transaction tx(c.db);
+    AMESH_CHECK(tx.status());
+    {
+      AMESH_TRY(p, c.Prepare("UPDATE agents SET capabilities = ?2, last_seen = ?3, updated_at = ?3 "
+                             "WHERE amid = ?1"));
+      Use s(p);
+      s->Bind(1, amid).Bind(2, StringsJson(caps)).Bind(3, now);
+      AMESH_CHECK(s->Run());
+      if (c.db.Changes() == 0) return false;
+    }
+    {
+      AMESH_TRY(p, c.Prepare("DELETE FROM agent_capabilities WHERE amid = ?1"));
+      Use s(p);
+      s->Bind(1, amid);
+      AMESH_CHECK(s->Run());
+    }
+    AMESH_CHECK(InsertCapabilities(c, amid, caps));
+    AMESH_CHECK(tx.Commit());
+    return true;
+  }
+
+  Result<bool> SetReputation(std::string_view amid, double score, UnixNanos now) override {
+    std::lock_guard lock(write_mu_);
+    AMESH_TRY(p, writer_->Prepare(
+                     "UPDATE agents SET reputation_score = ?2, updated_at = ?3 WHERE amid = ?1"));
+    Use s(p);
+    s->Bind(1, amid).Bind(2, score).Bind(3, now);
+    AMESH_CHECK(s->Run());
+    return writer_->db.Changes() > 0;
+  }
+
+  Result<SearchPage> Search(const SearchFilter& f) override {
+    std::optional<std::string> upper;
+    std::string match;
+    if (!f.prefix) {
+      match = "c.capability = ?1";
+    } else {
+      upper = PrefixUpperBound(f.capability);
+      match = upper ? "c.capability >= ?1 AND c.capability < ?2" : "c.capability >= ?1";
+    }
+    const std::string where = fmt::format(
+        "FROM agents a WHERE a.revoked = 0 AND EXISTS (SELECT 1 FROM agent_capabilities c "
+        "WHERE c.amid = a.amid AND {}) AND a.tier_rank >= ?3 AND a.reputation_score >= ?4 "
+        "AND (?5 IS NULL OR a.status = ?5)",
+        match);
+    auto bind = [&](Statement& s) {
+      s.Bind(1, f.capability);
+      if (upper) s.Bind(2, *upper);
+      s.Bind(3, f.min_tier_rank);
+      s.Bind(4, f.min_reputation.value_or(-1.0));
+      if (f.status) {
+        s.Bind(5, ToString(*f.status));
+      } else {
+        s.BindNull(5);
+      }
+    };
+    Reader r(*this);
+    SearchPage page;
+    {
+      AMESH_TRY(p, r->Prepare("SELECT count(*) " + where));
+      Use s(p);
+      bind(*s);
+      AMESH_TRY(row, s->Step());
+      page.total = row ? static_cast<std::uint64_t>(s->ColumnInt(0)) : 0;
+    }
+    if (page.total <= f.offset) return page;
+    AMESH_TRY(p, r->Prepare(fmt::format("SELECT {} {} ORDER BY a.reputation_score DESC, "
+                                        "a.last_seen DESC, a.amid ASC LIMIT ?6 OFFSET ?7",
+                                        kAgentColumns, where)));
+    Use s(p);
+    bind(*s);
+    s->Bind(6, static_cast<std::int64_t>(f.limit));
+    s->Bind(7, static_cast<std::int64_t>(f.offset));
+    while (true) {
+      AMESH_TRY(row, s->Step());
+      if (!row) break;
+      page.agents.push_back(ReadAgent(*s));
+    }
+    return page;
+  }
+
+  Result<RegistryCounts> Counts() override {
+    Reader r(*this);
+    RegistryCounts out;
+    double sum = 0;
+    {
+      AMESH_TRY(p, r->Prepare("SELECT tier_rank, status, count(*), sum(reputation_score) "
+                              "FROM agents WHERE revoked = 0 GROUP BY tier_rank, status"));
+      Use s(p);
+      while (true) {
+        AMESH_TRY(row, s->Step());
+        if (!row) break;
+        const auto n = static_cast<std::uint64_t>(s->ColumnInt(2));
+        const Presence status = PresenceFromName(s->ColumnText(1)).value_or(Presence::kOffline);
+        out.by_tier[TierFromRank(s->ColumnInt(0))] += n;
+        out.by_status[status] += n;
+        out.total_agents += n;
+        if (status == Presence::kOnline) out.online_agents += n;
+        sum += s->ColumnDouble(3);
+      }
+    }
+    out.average_reputation = out.total_agents ? sum / static_cast<double>(out.total_agents) : 0;
+    {
+      AMESH_TRY(p, r->Prepare("SELECT count(*) FROM agents WHERE revoked = 1"));
+      Use s(p);
+      AMESH_TRY(row, s->Step());
+      if (row) out.revoked_agents = static_cast<std::uint64_t>(s->ColumnInt(0));
+    }
+    {
+      AMESH_TRY(p, r->Prepare("SELECT count(*) FROM one_time_prekeys WHERE consumed = 0"));
+      Use s(p);
+      AMESH_TRY(row, s->Step());
+      if (row) out.one_time_prekeys_available = static_cast<std::uint64_t>(s->ColumnInt(0));
+    }
+    return out;
+  }
+
+  Result<PrekeyStoreResult> StorePrekeys(std::string_view amid, const SignedPrekeyRecord& spk,
+                                         std::span<const OneTimePrekeyRecord> otpks) override {
+    std::lock_guard lock(write_mu_);
+    Conn& c = *writer_;
+    storage::Transaction tx(c.db);
+    AMESH_CHECK(tx.status());
+    PrekeyStoreResult result;
+    {
+      AMESH_TRY(p,
+                c.Prepare("INSERT INTO signed_prekeys (amid, prekey_id, public_key, signature, "
+                          "created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (amid, prekey_id) "
+                          "DO UPDATE SET public_key = excluded.public_key, signature = "
+                          "excluded.signature, created_at = excluded.created_at"));
+      Use s(p);
+      s->Bind(1, amid)
+          .Bind(2, spk.id)
+          .Bind(3, spk.public_key)
+          .Bind(4, spk.signature)
+          .Bind(5, spk.created_at);
+      AMESH_CHECK(s->Run());
+    }
+    {
+      AMESH_TRY(p, c.Prepare("INSERT INTO one_time_prekeys (amid, prekey_id, public_key) VALUES "
+                             "(?1, ?2, ?3) ON CONFLICT (amid, prekey_id) DO NOTHING"));
+      for (const auto& k : otpks) {
+        Use s(p);
+        s->Bind(1, amid).Bind(2, k.id).Bind(3, k.public_key);
+        AMESH_CHECK(s->Run());
+        if (c.db.Changes() > 0) {
+          ++result.stored;
+        } else {
+          ++result.ignored;
+        }
+      }
+    }
+    AMESH_TRY(remaining, CountOtpks(c, amid));
+    result.remaining = remaining;
+    AMESH_CHECK(tx.Commit());
+    return result;
+  }
+
+  Result<std::optional<BundleRecord>> TakeBundle(std::string_view amid, UnixNanos now) override {
+    std::lock_guard lock(write_mu_);
+    Conn& c = *writer_;
+    storage::Transaction tx(c.db);
+    AMESH_CHECK(tx.status());
+    BundleRecord bundle;
+    {
+      AMESH_TRY(p, c.Prepare("SELECT prekey_id, public_key, signature, created_at FROM "
+                             "signed_prekeys WHERE amid = ?1 ORDER BY prekey_id DESC LIMIT 1"));
+      Use s(p);
+      s->Bind(1, amid);
+      AMESH_TRY(row, s->Step());
+      if (!row) return std::optional<BundleRecord>{};
+      bundle.signed_prekey.id = static_cast<std::uint32_t>(s->ColumnInt(0));
+      bundle.signed_prekey.public_key = std::string(s->ColumnText(1));
+      bundle.signed_prekey.signature = std::string(s->ColumnText(2));
+      bundle.signed_prekey.created_at = s->ColumnInt(3);
+    }
+    {
+      AMESH_TRY(
+          p, c.Prepare("UPDATE one_time_prekeys SET consumed = 1, consumed_at = ?2 WHERE amid = ?1 "
+                       "AND prekey_id = (SELECT prekey_id FROM one_time_prekeys WHERE amid = ?1 "
+                       "AND consumed = 0 ORDER BY prekey_id LIMIT 1) AND consumed = 0 "
+                       "RETURNING prekey_id, public_key"));
+      Use s(p);
+      s->Bind(1, amid).Bind(2, now);
+      AMESH_TRY(row, s->Step());
+      if (row) {
+        bundle.one_time_prekey = OneTimePrekeyRecord{static_cast<std::uint32_t>(s->ColumnInt(0)),
+                                                     std::string(s->ColumnText(1))};
+        AMESH_TRY(done, s->Step());
+        (void)done;
+      }
+    }
+    AMESH_CHECK(tx.Commit());
+    return std::optional<BundleRecord>(std::move(bundle));
+  }
+
+  Result<std::uint64_t> CountOneTimePrekeys(std::string_view amid) override {
+    Reader r(*this);
+    return CountOtpks(*r, amid);
+  }
+
+  Result<void> InsertRevocation(const RevocationRecord& rev) override {
+    std::lock_guard lock(write_mu_);
+    Conn& c = *writer_;
+    storage::Transaction tx(c.db);
+    AMESH_CHECK(tx.status());
+    {
+      AMESH_TRY(p, c.Prepare("UPDATE agents SET revoked = 1, updated_at = ?2 WHERE amid = ?1"));
+      Use s(p);
+      s->Bind(1, rev.amid).Bind(2, rev.revoked_at);
+      AMESH_CHECK(s->Run());
+      if (c.db.Changes() == 0) return Fail(Code::kNotFound, "Agent not found");
+    }
+    {
+      AMESH_TRY(p, c.Prepare("INSERT INTO revocations (amid, id, reason, revoked_by, revoked_at, "
+                             "notes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"));
+      Use s(p);
+      s->Bind(1, rev.amid)
+          .Bind(2, rev.id)
+          .Bind(3, rev.reason)
+          .Bind(4, rev.revoked_by)
+          .Bind(5, rev.revoked_at)
+          .Bind(6, rev.notes);
+      if (auto r = s->Run(); !r) {
+        if (r.error().code == Code::kConflict)
+          return Fail(Code::kConflict, "Agent already revoked");
+        return r;
+      }
+    }
+    return tx.Commit();
+  }
+
+  Result<std::optional<RevocationRecord>> GetRevocation(std::string_view amid) override {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare("SELECT amid, id, reason, revoked_by, revoked_at, notes FROM "
+                            "revocations WHERE amid = ?1"));
+    Use s(p);
+    s->Bind(1, amid);
+    AMESH_TRY(row, s->Step());
+    if (!row) return std::optional<RevocationRecord>{};
+    return std::optional<RevocationRecord>(ReadRevocation(*s));
+  }
+
+  Result<std::vector<RevocationRecord>> ListRevocations(std::uint32_t limit,
+                                                        std::uint64_t offset) override {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare("SELECT amid, id, reason, revoked_by, revoked_at, notes FROM "
+                            "revocations ORDER BY revoked_at, amid LIMIT ?1 OFFSET ?2"));
+    Use s(p);
+    s->Bind(1, static_cast<std::int64_t>(limit)).Bind(2, static_cast<std::int64_t>(offset));
+    std::vector<RevocationRecord> out;
+    while (true) {
+      AMESH_TRY(row, s->Step());
+      if (!row) break;
+      out.push_back(ReadRevocation(*s));
+    }
+    return out;
+  }
+
+  Result<std::uint64_t> CountRevocations() override {
+    Reader r(*this);
+    return CountQuery(*r, "SELECT count(*) FROM revocations", {});
+  }
+
+  Result<std::optional<UnixNanos>> LastRevocationAt() override {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare("SELECT max(revoked_at) FROM revocations"));
+    Use s(p);
+    AMESH_TRY(row, s->Step());
+    if (!row || s->ColumnIsNull(0)) return std::optional<UnixNanos>{};
+    return std::optional<UnixNanos>(s->ColumnInt(0));
+  }
+
+  Result<void> InsertFeedback(const FeedbackRecord& f) override {
+    std::lock_guard lock(write_mu_);
+    AMESH_TRY(p, writer_->Prepare(
+                     "INSERT INTO reputation_feedback (id, target_amid, from_amid, session_id, "
+                     "score, tags, ip_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
+    Use s(p);
+    s->Bind(1, f.id)
+        .Bind(2, f.target_amid)
+        .Bind(3, f.from_amid)
+        .Bind(4, f.session_id)
+        .Bind(5, f.score)
+        .Bind(6, StringsJson(f.tags))
+        .Bind(7, f.ip_key)
+        .Bind(8, f.created_at);
+    if (auto r = s->Run(); !r) {
+      if (r.error().code == Code::kConflict) {
+        return Fail(Code::kConflict, "feedback for this session was already given");
+      }
+      return r;
+    }
+    return {};
+  }
+
+  Result<std::vector<FeedbackRow>> FeedbackForTarget(std::string_view target,
+                                                     UnixNanos since) override {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare(
+                     "SELECT f.id, f.target_amid, f.from_amid, f.session_id, f.score, f.tags, "
+                     "f.ip_key, f.created_at, a.tier_rank, a.created_at FROM reputation_feedback f "
+                     "JOIN agents a ON a.amid = f.from_amid WHERE f.target_amid = ?1 AND "
+                     "f.created_at >= ?2 ORDER BY f.created_at, f.id"));
+    Use s(p);
+    s->Bind(1, target).Bind(2, since);
+    std::vector<FeedbackRow> out;
+    while (true) {
+      AMESH_TRY(row, s->Step());
+      if (!row) break;
+      FeedbackRow fr;
+      fr.feedback.id = std::string(s->ColumnText(0));
+      fr.feedback.target_amid = std::string(s->ColumnText(1));
+      fr.feedback.from_amid = std::string(s->ColumnText(2));
+      fr.feedback.session_id = std::string(s->ColumnText(3));
+      fr.feedback.score = s->ColumnDouble(4);
+      fr.feedback.tags = JsonStrings(s->ColumnText(5));
+      fr.feedback.ip_key = std::string(s->ColumnText(6));
+      fr.feedback.created_at = s->ColumnInt(7);
+      fr.rater_tier = TierFromRank(s->ColumnInt(8));
+      fr.rater_created_at = s->ColumnInt(9);
+      out.push_back(std::move(fr));
+    }
+    return out;
+  }
+
+  Result<std::uint64_t> CountFeedback(std::string_view target) override {
+    Reader r(*this);
+    return CountQuery(*r, "SELECT count(*) FROM reputation_feedback WHERE target_amid = ?1",
+                      target);
+  }
+
+  Result<std::vector<std::string>> RatedTargets(std::string_view rater) override {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare("SELECT DISTINCT target_amid FROM reputation_feedback WHERE "
+                            "from_amid = ?1 ORDER BY target_amid"));
+    Use s(p);
+    s->Bind(1, rater);
+    std::vector<std::string> out;
+    while (true) {
+      AMESH_TRY(row, s->Step());
+      if (!row) break;
+      out.emplace_back(s->ColumnText(0));
+    }
+    return out;
+  }
+
+  Result<bool> InsertSession(const SessionRecord& x) override {
+    std::lock_guard lock(write_mu_);
+    AMESH_TRY(p, writer_->Prepare(
+                     "INSERT INTO completed_sessions (session_id, id, initiator_amid, "
+                     "receiver_amid, intent, outcome, started_at, reporter_amid, created_at) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (session_id) DO "
+                     "NOTHING"));
+    Use s(p);
+    s->Bind(1, x.session_id)
+        .Bind(2, x.id)
+        .Bind(3, x.initiator_amid)
+        .Bind(4, x.receiver_amid)
+        .Bind(5, x.intent)
+        .Bind(6, x.outcome)
+        .Bind(7, x.started_at)
+        .Bind(8, x.reporter_amid)
+        .Bind(9, x.created_at);
+    AMESH_CHECK(s->Run());
+    return writer_->db.Changes() > 0;
+  }
+
+  Result<SessionCounts> SessionCountsFor(std::string_view amid) override {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare("SELECT count(*), coalesce(sum(outcome = 'success'), 0) FROM "
+                            "completed_sessions WHERE initiator_amid = ?1 OR receiver_amid = ?1"));
+    Use s(p);
+    s->Bind(1, amid);
+    AMESH_TRY(row, s->Step());
+    SessionCounts out;
+    if (row) {
+      out.total = static_cast<std::uint64_t>(s->ColumnInt(0));
+      out.successful = static_cast<std::uint64_t>(s->ColumnInt(1));
+    }
+    return out;
+  }
+
+  Result<std::vector<std::string>> LeaderboardCandidates(std::uint64_t min_feedback,
+                                                         std::uint32_t limit) override {
+    Reader r(*this);
+    AMESH_TRY(
+        p, r->Prepare("SELECT a.amid FROM agents a WHERE a.revoked = 0 AND (SELECT count(*) FROM "
+                      "reputation_feedback f WHERE f.target_amid = a.amid) >= ?1 ORDER BY "
+                      "a.reputation_score DESC, a.amid ASC LIMIT ?2"));
+    Use s(p);
+    s->Bind(1, static_cast<std::int64_t>(min_feedback)).Bind(2, static_cast<std::int64_t>(limit));
+    std::vector<std::string> out;
+    while (true) {
+      AMESH_TRY(row, s->Step());
+      if (!row) break;
+      out.emplace_back(s->ColumnText(0));
+    }
+    return out;
+  }
+
+ private:
+  // Borrows a reader connection for one call (the writer when there are no readers).
+  class Reader {
+   public:
+    explicit Reader(SqliteStore& store) : store_(store) {
+      if (store_.readers_.empty()) {
+        lock_ = std::unique_lock(store_.write_mu_);
+        conn_ = store_.writer_.get();
+        return;
+      }
+      std::unique_lock pool_lock(store_.pool_mu_);
+      store_.pool_cv_.wait(pool_lock, [&] { return !store_.readers_.empty(); });
+      owned_ = std::move(store_.readers_.back());
+      store_.readers_.pop_back();
+      conn_ = owned_.get();
+    }
+    ~Reader() {
+      if (owned_) {
+        {
+          std::lock_guard pool_lock(store_.pool_mu_);
+          store_.readers_.push_back(std::move(owned_));
+        }
+        store_.pool_cv_.notify_one();
+      }
+    }
+    Reader(const Reader&) = delete;
+    Reader& operator=(const Reader&) = delete;
+    Conn* operator->() const { return conn_; }
+    Conn& operator*() const { return *conn_; }
+
+   private:
+    SqliteStore& store_;
+    std::unique_lock<std::mutex> lock_;
+    std::unique_ptr<Conn> owned_;
+    Conn* conn_ = nullptr;
+  };
+
+  static Result<void> InsertCapabilities(Conn& c, std::string_view amid,
+                                         std::span<const std::string> caps) {
+    AMESH_TRY(p, c.Prepare("INSERT INTO agent_capabilities (amid, capability) VALUES (?1, ?2) "
+                           "ON CONFLICT (amid, capability) DO NOTHING"));
+    for (const auto& cap : caps) {
+      Use s(p);
+      s->Bind(1, amid).Bind(2, cap);
+      AMESH_CHECK(s->Run());
+    }
+    return {};
+  }
+
+  static Result<std::uint64_t> CountOtpks(Conn& c, std::string_view amid) {
+    return CountQuery(c, "SELECT count(*) FROM one_time_prekeys WHERE amid = ?1 AND consumed = 0",
+                      amid);
+  }
+
+  static Result<std::uint64_t> CountQuery(Conn& c, std::string_view sql,
+                                          std::optional<std::string_view> param) {
+    AMESH_TRY(p, c.Prepare(sql));
+    Use s(p);
+    if (param) s->Bind(1, *param);
+    AMESH_TRY(row, s->Step());
+    return row ? static_cast<std::uint64_t>(s->ColumnInt(0)) : 0;
+  }
+
+  std::mutex write_mu_;
+  std::unique_ptr<Conn> writer_;
+  std::mutex pool_mu_;
+  std::condition_variable pool_cv_;
+  std::vector<std::unique_ptr<Conn>> readers_;
+};
+
+}  // namespace
+
+std::string_view ToString(Presence presence) noexcept {
+  switch (presence) {
+    case Presence::kOnline:
+      return "online";
+    case Presence::kAway:
+      return "away";
+    case Presence::kOffline:
+      return "offline";
+    case Presence::kDnd:
+      return "dnd";
+  }
+  return "offline";
+}
+
+Result<Presence> PresenceFromName(std::string_view name) {
+  if (name == "online") return Presence::kOnline;
+  if (name == "away") return Presence::kAway;
+  if (name == "offline") return Presence::kOffline;
+  if (name == "dnd") return Presence::kDnd;
+  return Fail(Code::kInvalidArgument, "must be online, away, offline or dnd");
+}
+
+Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions& options) {
+  storage::OpenOptions open;
+  open.synchronous =
+      options.fsync_full ? storage::Synchronous::kFull : storage::Synchronous::kNormal;
+  auto writer = Database::Open(options.path, open);
+  if (!writer) return std::unexpected(writer.error());
+  std::vector<std::unique_ptr<Conn>> readers;
+  const bool in_memory = options.path == ":memory:" || options.path.starts_with("file::memory:");
+  if (!in_memory) {
+    for (int i = 0; i < options.reader_connections; ++i) {
+      // Readers are opened lazily-safe: the file exists now, and WAL was set by the writer.
+      storage::OpenOptions ro = open;
+      ro.create = false;
+      auto reader = Database::Open(options.path, ro);
+      if (!reader) return std::unexpected(reader.error());
+      readers.push_back(std::make_unique<Conn>(std::move(*reader)));
+    }
+  }
+  return std::unique_ptr<RegistryStore>(
+      new SqliteStore(std::make_unique<Conn>(std::move(*writer)), std::move(readers)));
+}
+
+Result<std::unique_ptr<RegistryStore>> OpenStore(const std::string& url) {
+  if (url.starts_with("sqlite:")) {
+    SqliteStoreOptions options;
+    options.path = url.substr(7);
+    if (options.path.starts_with("//")) options.path = options.path.substr(2);
+    if (options.path.empty()) return Fail(Code::kInvalidArgument, "sqlite: needs a path", "db");
+    return OpenSqliteStore(options);
+  }
+  if (url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+    return Fail(Code::kUnavailable, "the PostgreSQL backend is not built into this program yet",
+                "db");
+  }
+  return Fail(Code::kInvalidArgument, "must be sqlite:PATH or postgresql://...", "db");
+}
+
+}  // namespace agentmesh::registry
