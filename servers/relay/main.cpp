@@ -1,4 +1,5 @@
 // amesh-relay: the AgentMesh WebSocket relay (see amesh-relay(8)).
+#include <sys/resource.h>
 #include <uv.h>
 
 #include <CLI/CLI.hpp>
@@ -86,6 +87,11 @@ int main(int argc, char** argv) {
     }
     SetLogLevel(ParseLogLevel(config.log_level));
     std::signal(SIGPIPE, SIG_IGN);
+    // One descriptor per connection: take the whole hard limit (the soft default is often 1024).
+    if (rlimit rl{}; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
 
     uv_loop_t loop;
     uv_loop_init(&loop);

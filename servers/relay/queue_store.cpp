@@ -25,16 +25,18 @@ CREATE INDEX messages_by_expiry ON messages(expires_at);
 constexpr std::string_view kColumns =
     "message_id, recipient, sender, message_type, payload, client_id, created_at, expires_at";
 
+// Reads a row selected as "seq, <kColumns>".
 QueuedMessage ReadRow(const storage::Statement& stmt) {
   QueuedMessage m;
-  m.message_id = stmt.ColumnText(0);
-  m.recipient = stmt.ColumnText(1);
-  m.sender = stmt.ColumnText(2);
-  m.message_type = stmt.ColumnText(3);
-  m.payload_token = stmt.ColumnText(4);
-  m.client_id = stmt.ColumnText(5);
-  m.created_at = stmt.ColumnInt(6);
-  m.expires_at = stmt.ColumnInt(7);
+  m.seq = stmt.ColumnInt(0);
+  m.message_id = stmt.ColumnText(1);
+  m.recipient = stmt.ColumnText(2);
+  m.sender = stmt.ColumnText(3);
+  m.message_type = stmt.ColumnText(4);
+  m.payload_token = stmt.ColumnText(5);
+  m.client_id = stmt.ColumnText(6);
+  m.created_at = stmt.ColumnInt(7);
+  m.expires_at = stmt.ColumnInt(8);
   return m;
 }
 
@@ -62,12 +64,12 @@ Result<void> QueueStore::Prepare() {
                                       ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
   if (!insert) return std::unexpected(insert.error());
   insert_ = std::move(*insert);
-  auto load = PrepareOwned(db_, std::string("SELECT ") + std::string(kColumns) +
-                                    " FROM messages WHERE recipient = ?1 AND expires_at > ?2"
-                                    " ORDER BY seq LIMIT ?3");
+  auto load = PrepareOwned(db_, std::string("SELECT seq, ") + std::string(kColumns) +
+                                    " FROM messages WHERE recipient = ?1 AND seq > ?4"
+                                    " AND expires_at > ?2 ORDER BY seq LIMIT ?3");
   if (!load) return std::unexpected(load.error());
   load_ = std::move(*load);
-  auto one = PrepareOwned(db_, std::string("SELECT ") + std::string(kColumns) +
+  auto one = PrepareOwned(db_, std::string("SELECT seq, ") + std::string(kColumns) +
                                    " FROM messages WHERE message_id = ?1 AND recipient = ?2");
   if (!one) return std::unexpected(one.error());
   select_one_ = std::move(*one);
@@ -101,11 +103,12 @@ Result<void> QueueStore::Insert(std::span<const QueuedMessage> messages) {
 }
 
 Result<std::vector<QueuedMessage>> QueueStore::LoadFor(const std::string& recipient, UnixNanos now,
-                                                       std::size_t limit) {
+                                                       std::size_t limit, std::int64_t after_seq) {
   load_->Reset();
   load_->Bind(1, std::string_view(recipient))
       .Bind(2, static_cast<std::int64_t>(now))
-      .Bind(3, static_cast<std::int64_t>(limit));
+      .Bind(3, static_cast<std::int64_t>(limit))
+      .Bind(4, after_seq);
   std::vector<QueuedMessage> out;
   while (true) {
     auto row = load_->Step();

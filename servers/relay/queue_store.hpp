@@ -33,6 +33,7 @@ struct QueuedMessage {
   std::string client_id;      // sender's `id`, empty when none
   UnixNanos created_at = 0;
   UnixNanos expires_at = 0;
+  std::int64_t seq = 0;  // store order, set when read from the store (0 = not stored yet)
 };
 
 class QueueStore {
@@ -42,9 +43,10 @@ class QueueStore {
 
   // Inserts all messages in one transaction (group commit). All or nothing.
   Result<void> Insert(std::span<const QueuedMessage> messages);
-  // Up to `limit` unexpired messages for `recipient`, oldest first.
+  // Up to `limit` unexpired messages for `recipient` stored after `after_seq`, oldest first
+  // (`after_seq` = the last seq a connection was given, so a drain never re-reads what it has).
   Result<std::vector<QueuedMessage>> LoadFor(const std::string& recipient, UnixNanos now,
-                                             std::size_t limit);
+                                             std::size_t limit, std::int64_t after_seq = 0);
   // Deletes the messages with these ids addressed to `recipient` (an agent can only remove its
   // own messages); returns the deleted rows so the caller can send receipts and fix counts.
   Result<std::vector<QueuedMessage>> Take(const std::string& recipient,

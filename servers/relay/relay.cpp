@@ -2,12 +2,15 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "agentmesh/core/encoding.hpp"
@@ -30,14 +33,145 @@ UnixNanos WallNow() {
       .count();
 }
 
-std::string NewMessageId(Rng& rng) {
-  std::array<std::uint8_t, 16> b = rng.Array<16>();
-  b[6] = static_cast<std::uint8_t>((b[6] & 0x0f) | 0x40);
-  b[8] = static_cast<std::uint8_t>((b[8] & 0x3f) | 0x80);
-  const std::string hex = HexEncode(b);
-  return fmt::format("{}-{}-{}-{}-{}", hex.substr(0, 8), hex.substr(8, 4), hex.substr(12, 4),
-                     hex.substr(16, 4), hex.substr(20));
+// A message id: a random UUID v4, kept as 128 bits on the hot path and as its 36-character
+// lower-case text on the wire and in the store.
+struct MessageKey {
+  std::uint64_t hi = 0;
+  std::uint64_t lo = 0;
+  friend bool operator==(const MessageKey&, const MessageKey&) = default;
+};
+
+struct MessageKeyHash {
+  std::size_t operator()(const MessageKey& k) const noexcept {
+    return static_cast<std::size_t>(k.hi ^ (k.lo * 0x9E3779B97F4A7C15ULL));
+  }
+};
+
+using MessageIdText = std::array<char, 36>;
+
+MessageIdText FormatMessageKey(const MessageKey& key) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  MessageIdText out{};
+  char* p = out.data();
+  for (const std::uint64_t word : {key.hi, key.lo}) {
+    for (int shift = 60; shift >= 0; shift -= 4) *p++ = kHex[(word >> shift) & 0xF];
+  }
+  // 32 hex digits → 8-4-4-4-12 with dashes, moved from the back.
+  std::memmove(out.data() + 24, out.data() + 20, 12);
+  out[23] = '-';
+  std::memmove(out.data() + 19, out.data() + 16, 4);
+  out[18] = '-';
+  std::memmove(out.data() + 14, out.data() + 12, 4);
+  out[13] = '-';
+  std::memmove(out.data() + 9, out.data() + 8, 4);
+  out[8] = '-';
+  return out;
 }
+
+// Only the exact form FormatMessageKey writes; anything else is not one of our live ids.
+std::optional<MessageKey> ParseMessageKey(std::string_view text) {
+  static constexpr auto kValue = [] {
+    std::array<std::uint8_t, 256> t{};
+    t.fill(0xFF);
+    for (int c = '0'; c <= '9'; ++c)
+      t[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(c - '0');
+    for (int c = 'a'; c <= 'f'; ++c)
+      t[static_cast<std::size_t>(c)] = static_cast<std::uint8_t>(c - 'a' + 10);
+    return t;
+  }();
+  if (text.size() != 36 || text[8] != '-' || text[13] != '-' || text[18] != '-' ||
+      text[23] != '-') {
+    return std::nullopt;
+  }
+  MessageKey key;
+  std::uint8_t bad = 0;
+  int digits = 0;
+  for (std::size_t i = 0; i < 36; ++i) {
+    if (i == 8 || i == 13 || i == 18 || i == 23) continue;
+    const std::uint8_t v = kValue[static_cast<unsigned char>(text[i])];
+    bad |= v;
+    std::uint64_t& word = digits++ < 16 ? key.hi : key.lo;
+    word = (word << 4) | (v & 0xF);
+  }
+  if (bad & 0xF0) return std::nullopt;
+  return key;
+}
+
+std::string_view View(const MessageIdText& text) { return {text.data(), text.size()}; }
+
+// UUID v4 source: blocks of ChaCha20 keystream, each under a fresh 32-byte key from the system
+// RNG, so getrandom(2) runs once per 256 ids instead of once per message.
+class MessageIds {
+ public:
+  explicit MessageIds(Rng& rng) : rng_(rng) {}
+  MessageKey Next() {
+    if (used_ == sizeof(pool_)) {
+      DeterministicRng(rng_.Array<32>()).Fill(MutableByteView(pool_, sizeof(pool_)));
+      used_ = 0;
+    }
+    MessageKey key;
+    std::memcpy(&key.hi, pool_ + used_, 8);
+    std::memcpy(&key.lo, pool_ + used_ + 8, 8);
+    used_ += 16;
+    key.hi = (key.hi & ~0xF000ULL) | 0x4000ULL;              // version 4
+    key.lo = (key.lo & ~(0xC0ULL << 56)) | (0x80ULL << 56);  // RFC 4122 variant
+    return key;
+  }
+
+ private:
+  Rng& rng_;
+  std::uint8_t pool_[4096];
+  std::size_t used_ = sizeof(pool_);
+};
+
+// True when JSON quotes `s` as-is: printable ASCII without '"' and '\\'.
+bool PlainJsonString(std::string_view s) {
+  for (const char c : s) {
+    if (c < 0x20 || c > 0x7E || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
+// relay_frames' AppendReceive, byte for byte, for the routing hot path: the strings the relay
+// fills in (an AMID, its own timestamp and message id) never need escaping, so they are quoted
+// as-is instead of going through the per-character escaper. Anything else takes the general path.
+void AppendReceiveFrame(std::string& out, std::string_view from, std::string_view payload_token,
+                        MessageType type, std::string_view timestamp, std::string_view message_id,
+                        std::string_view ice_candidates) {
+  if (!PlainJsonString(from) || !PlainJsonString(timestamp) || !PlainJsonString(message_id)) {
+    AppendReceive(out, from, payload_token, type, timestamp, message_id, ice_candidates);
+    return;
+  }
+  const std::string_view type_name = MessageTypeName(type);
+  out.reserve(out.size() + 120 + from.size() + payload_token.size() + timestamp.size() +
+              message_id.size() + ice_candidates.size());
+  out += R"({"type":"receive","from":")";
+  out += from;
+  out += R"(","encrypted_payload":)";
+  out += payload_token;
+  out += R"(,"message_type":")";
+  out += type_name;
+  out += R"(","timestamp":")";
+  out += timestamp;
+  out += R"(","message_id":")";
+  out += message_id;
+  out += '"';
+  if (!ice_candidates.empty()) {
+    out += R"(,"ice_candidates":)";
+    out += ice_candidates;
+  }
+  out += '}';
+}
+
+// Heterogeneous lookup, so AMIDs seen as string_views in frames need no std::string.
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept {
+    return std::hash<std::string_view>{}(s);
+  }
+};
+template <typename V>
+using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
 
 Result<std::pair<std::string, std::uint16_t>> SplitListen(const std::string& listen) {
   const auto colon = listen.rfind(':');
@@ -62,9 +196,27 @@ struct Presence {
   UnixNanos last_seen = 0;
 };
 
+struct SenderLimits {
+  TokenBucket messages;
+  TokenBucket knocks;
+};
+
+// A message written to a connection and not yet acked. Entries pushed from the store carry only
+// the id (the store has the rest); live ones keep what is needed to store them if the connection
+// ends first, and to send the sender its receipt.
 struct Inflight {
-  QueuedMessage message;
-  bool in_store = false;  // committed to the store (pushed from the queue)
+  bool in_store = false;
+  MessageType type = MessageType::kMessage;
+  std::uint8_t sender_size = 0;
+  UnixNanos created_at = 0;
+  UnixNanos expires_at = 0;
+  std::string sender_and_payload;  // sender AMID then the raw payload token: one allocation
+  std::string client_id;
+
+  std::string_view sender() const { return {sender_and_payload.data(), sender_size}; }
+  std::string_view payload() const {
+    return std::string_view(sender_and_payload).substr(sender_size);
+  }
 };
 
 struct Conn {
@@ -74,20 +226,11 @@ struct Conn {
   UnixNanos auth_deadline = 0;
   std::uint32_t invalid_frames = 0;
   bool closing = false;
-  bool more_pending = false;  // queued messages held back by flow control
+  bool more_pending = false;    // queued messages held back by flow control
+  std::int64_t pushed_seq = 0;  // store seq of the last queued message written to this connection
   // Messages written to this connection and not yet acked, by message id.
-  std::unordered_map<std::string, Inflight> inflight;
-};
-
-struct SenderLimits {
-  TokenBucket messages;
-  TokenBucket knocks;
-};
-
-// A send waiting for the group commit at the end of the loop turn.
-struct PendingQueued {
-  QueuedMessage message;
-  net::ConnId sender_conn = 0;
+  std::unordered_map<MessageKey, Inflight, MessageKeyHash> inflight;
+  SenderLimits* limits = nullptr;  // this agent's buckets in limits_ (reset when it is cleared)
 };
 
 }  // namespace
@@ -230,6 +373,7 @@ class Relay::Impl {
     applied.max_connections = cur.max_connections;
     config_ = applied;
     limits_.clear();  // new rates apply to fresh buckets
+    for (auto& [id, conn] : conns_) conn.limits = nullptr;
     SetLogLevel(ParseLogLevel(config_.log_level));
     Log(LogLevel::kInfo, "configuration reloaded");
   }
@@ -279,8 +423,8 @@ class Relay::Impl {
   // Live, unacked messages of a closing connection go to the store so they are delivered again.
   void PersistInflight(Conn& conn) {
     std::vector<QueuedMessage> batch;
-    for (auto& [mid, inflight] : conn.inflight) {
-      if (!inflight.in_store) batch.push_back(std::move(inflight.message));
+    for (auto& [key, inflight] : conn.inflight) {
+      if (!inflight.in_store) batch.push_back(ToQueued(conn.amid, key, std::move(inflight)));
     }
     conn.inflight.clear();
     if (batch.empty()) return;
@@ -292,6 +436,34 @@ class Relay::Impl {
       ++queue_counts_[m.recipient];
       ++queued_total_;
     }
+  }
+
+  static QueuedMessage ToQueued(const std::string& recipient, const MessageKey& key, Inflight&& f) {
+    QueuedMessage m;
+    m.message_id = std::string(View(FormatMessageKey(key)));
+    m.recipient = recipient;
+    m.sender = std::string(f.sender());
+    m.message_type = std::string(MessageTypeName(f.type));
+    m.payload_token = std::string(f.payload());
+    m.client_id = std::move(f.client_id);
+    m.created_at = f.created_at;
+    m.expires_at = f.expires_at;
+    return m;
+  }
+
+  static bool IsInflight(const Conn& conn, std::string_view message_id) {
+    const auto key = ParseMessageKey(message_id);
+    return key && conn.inflight.contains(*key);
+  }
+
+  // The relay's time on receive frames, at millisecond precision: formatted once per millisecond.
+  std::string_view Timestamp(UnixNanos now) {
+    const UnixNanos ms = now / kNanosPerMilli;
+    if (ms != stamp_ms_) {
+      stamp_ms_ = ms;
+      stamp_ = FormatRfc3339Z(ms * kNanosPerMilli);
+    }
+    return stamp_;
   }
 
   void OnTransportError(net::ConnId id, const Error& error) {
@@ -403,7 +575,7 @@ class Relay::Impl {
     CommitQueued();  // anything queued for this agent this turn becomes visible to PushPending
     const std::uint32_t pending = QueueCount(amid);
     out_.clear();
-    AppendConnected(out_, NewMessageId(rng_), pending);
+    AppendConnected(out_, View(FormatMessageKey(ids_.Next())), pending);
     server_->SendText(conn.id, out_);
     Log(LogLevel::kDebug, fmt::format("{} connected from {} ({} pending)", amid, conn.ip, pending));
     PushPending(conn, 1000, false);
@@ -425,7 +597,7 @@ class Relay::Impl {
       }
       return;
     }
-    auto loaded = store_->LoadFor(conn.amid, WallNow(), limit + conn.inflight.size());
+    auto loaded = store_->LoadFor(conn.amid, WallNow(), limit, conn.pushed_seq);
     if (!loaded) {
       Log(LogLevel::kError, "store: cannot load queued messages: " + loaded.error().message);
       SendError(conn.id, ErrorCode::kInternalError, "cannot read the message store");
@@ -437,8 +609,8 @@ class Relay::Impl {
     std::uint32_t sent = 0;
     for (auto& m : *loaded) {
       if (sent >= limit) break;
-      if (conn.inflight.contains(m.message_id)) continue;
-      timestamps.push_back(FormatRfc3339Z(m.created_at));
+      if (IsInflight(conn, m.message_id)) continue;
+      timestamps.push_back(FormatRfc3339Z(m.created_at / kNanosPerMilli * kNanosPerMilli));
       auto type = ParseMessageType(m.message_type).value_or(MessageType::kMessage);
       if (as_pending_frame) {
         entries.push_back(
@@ -451,7 +623,8 @@ class Relay::Impl {
           break;
         }
         out_.clear();
-        AppendReceive(out_, m.sender, m.payload_token, type, timestamps.back(), m.message_id, {});
+        AppendReceiveFrame(out_, m.sender, m.payload_token, type, timestamps.back(), m.message_id,
+                           {});
         if (server_->SendText(conn.id, out_) != net::SendStatus::kQueued) break;
         ++metrics_.delivered_from_store;
       }
@@ -473,23 +646,28 @@ class Relay::Impl {
     std::uint32_t marked = 0;
     for (auto& m : *loaded) {
       if (marked >= sent) break;
-      if (conn.inflight.contains(m.message_id)) continue;
-      std::string mid = m.message_id;
-      conn.inflight.emplace(std::move(mid), Inflight{std::move(m), true});
+      if (IsInflight(conn, m.message_id)) continue;
+      if (const auto key = ParseMessageKey(m.message_id)) {
+        conn.inflight[*key].in_store = true;
+      }
+      conn.pushed_seq = std::max(conn.pushed_seq, m.seq);
       ++marked;
     }
   }
 
-  TokenBucket& Bucket(const std::string& amid, bool knock) {
-    const UnixNanos now = WallNow();
-    auto it = limits_.find(amid);
-    if (it == limits_.end()) {
-      it = limits_
-               .emplace(amid, SenderLimits{TokenBucket::PerMinute(config_.messages_per_minute, now),
-                                           TokenBucket::PerMinute(config_.knocks_per_minute, now)})
-               .first;
+  TokenBucket& Bucket(Conn& conn, bool knock, UnixNanos now) {
+    if (conn.limits == nullptr) {
+      auto it = limits_.find(conn.amid);
+      if (it == limits_.end()) {
+        it = limits_
+                 .emplace(conn.amid,
+                          SenderLimits{TokenBucket::PerMinute(config_.messages_per_minute, now),
+                                       TokenBucket::PerMinute(config_.knocks_per_minute, now)})
+                 .first;
+      }
+      conn.limits = &it->second;
     }
-    return knock ? it->second.knocks : it->second.messages;
+    return knock ? conn.limits->knocks : conn.limits->messages;
   }
 
   void Refuse(Conn& conn, const SendFrame& frame, ErrorCode code, std::string_view message,
@@ -507,7 +685,7 @@ class Relay::Impl {
   void Handle(Conn& conn, const SendFrame& frame) {
     const UnixNanos now = WallNow();
     const bool knock = frame.message_type == MessageType::kKnock;
-    TokenBucket& bucket = Bucket(conn.amid, knock);
+    TokenBucket& bucket = Bucket(conn, knock, now);
     if (!bucket.TryTake(now)) {
       ++metrics_.rate_limited;
       const auto retry = static_cast<std::uint32_t>(
@@ -516,40 +694,51 @@ class Relay::Impl {
              knock ? "KNOCK rate limit exceeded" : "message rate limit exceeded", retry);
       return;
     }
-    if (!Amid::Parse(frame.to)) {
+    // A connected recipient's AMID was validated at its CONNECT; only others need parsing.
+    Conn* target = nullptr;
+    if (auto route = routes_.find(frame.to); route != routes_.end()) {
+      auto c = conns_.find(route->second);
+      if (c != conns_.end() && !c->second.closing) target = &c->second;
+    } else if (!Amid::Parse(frame.to)) {
       Refuse(conn, frame, ErrorCode::kInvalidMessage, "'to' is not a valid AMID");
       return;
     }
+    const MessageKey key = ids_.Next();
+    const MessageIdText message_id = FormatMessageKey(key);
+    const UnixNanos expires_at = now + std::int64_t{config_.store_ttl_seconds} * kNanosPerSecond;
+
+    if (target != nullptr) {
+      out_.clear();
+      AppendReceiveFrame(out_, conn.amid, frame.payload_token, frame.message_type, Timestamp(now),
+                         View(message_id), frame.ice_candidates);
+      if (server_->SendText(target->id, out_) == net::SendStatus::kQueued) {
+        ++metrics_.delivered_live;
+        if (frame.id) {
+          out_.clear();
+          AppendSendResult(out_, *frame.id, View(message_id), SendStatus::kDelivered);
+          server_->SendText(conn.id, out_);
+        }
+        Inflight& f = target->inflight[key];
+        f.type = frame.message_type;
+        f.created_at = now;
+        f.expires_at = expires_at;
+        f.sender_size = static_cast<std::uint8_t>(conn.amid.size());
+        f.sender_and_payload.reserve(conn.amid.size() + frame.payload_token.size());
+        f.sender_and_payload.append(conn.amid).append(frame.payload_token);
+        if (frame.id) f.client_id = *frame.id;
+        return;
+      }
+      // Backpressure: the reader is being disconnected; fall through to the durable queue.
+    }
     QueuedMessage m;
-    m.message_id = NewMessageId(rng_);
+    m.message_id = std::string(View(message_id));
     m.recipient = std::string(frame.to);
     m.sender = conn.amid;
     m.message_type = std::string(MessageTypeName(frame.message_type));
     m.payload_token = std::string(frame.payload_token);
     m.client_id = frame.id.value_or("");
     m.created_at = now;
-    m.expires_at = now + std::int64_t{config_.store_ttl_seconds} * kNanosPerSecond;
-
-    if (auto route = routes_.find(m.recipient); route != routes_.end()) {
-      auto target = conns_.find(route->second);
-      if (target != conns_.end() && !target->second.closing) {
-        out_.clear();
-        AppendReceive(out_, m.sender, m.payload_token, frame.message_type, FormatRfc3339Z(now),
-                      m.message_id, frame.ice_candidates);
-        if (server_->SendText(target->first, out_) == net::SendStatus::kQueued) {
-          ++metrics_.delivered_live;
-          if (frame.id) {
-            out_.clear();
-            AppendSendResult(out_, *frame.id, m.message_id, SendStatus::kDelivered);
-            server_->SendText(conn.id, out_);
-          }
-          std::string mid = m.message_id;
-          target->second.inflight.emplace(std::move(mid), Inflight{std::move(m), false});
-          return;
-        }
-        // Backpressure: the reader is being disconnected; fall through to the durable queue.
-      }
-    }
+    m.expires_at = expires_at;
     const std::uint32_t queued = QueueCount(m.recipient) + PendingFor(m.recipient);
     if (queued >= config_.max_queue_per_recipient) {
       Refuse(conn, frame, ErrorCode::kQueueFull,
@@ -557,7 +746,8 @@ class Relay::Impl {
       return;
     }
     ++pending_per_recipient_[m.recipient];
-    pending_.push_back(PendingQueued{std::move(m), conn.id});
+    pending_.push_back(std::move(m));
+    pending_senders_.push_back(conn.id);
   }
 
   std::uint32_t PendingFor(const std::string& amid) const {
@@ -569,21 +759,22 @@ class Relay::Impl {
   // its sender learns "queued" (and an agent that came online meanwhile gets it pushed).
   void CommitQueued() {
     if (pending_.empty()) return;
-    std::vector<QueuedMessage> batch;
-    batch.reserve(pending_.size());
-    for (const auto& p : pending_) batch.push_back(p.message);
-    auto result = store_->Insert(batch);
-    std::vector<PendingQueued> done = std::move(pending_);
-    pending_.clear();
+    auto result = store_->Insert(pending_);
+    std::vector<QueuedMessage> done;
+    std::vector<net::ConnId> senders;
+    done.swap(pending_);
+    senders.swap(pending_senders_);
     pending_per_recipient_.clear();
-    for (auto& p : done) {
-      auto sender = conns_.find(p.sender_conn);
+    std::vector<net::ConnId> online;  // recipients that connected after their sends were read
+    for (std::size_t i = 0; i < done.size(); ++i) {
+      const QueuedMessage& m = done[i];
+      auto sender = conns_.find(senders[i]);
       if (!result) {
         ++metrics_.dropped["store_error"];
         if (sender != conns_.end()) {
-          if (!p.message.client_id.empty()) {
+          if (!m.client_id.empty()) {
             out_.clear();
-            AppendSendResult(out_, p.message.client_id, {}, SendStatus::kRefused,
+            AppendSendResult(out_, m.client_id, {}, SendStatus::kRefused,
                              ErrorCode::kInternalError);
             server_->SendText(sender->first, out_);
           }
@@ -591,26 +782,33 @@ class Relay::Impl {
         }
         continue;
       }
-      ++queue_counts_[p.message.recipient];
+      ++queue_counts_[m.recipient];
       ++queued_total_;
       ++metrics_.queued;
-      if (sender != conns_.end() && !p.message.client_id.empty()) {
+      if (sender != conns_.end() && !m.client_id.empty()) {
         out_.clear();
-        AppendSendResult(out_, p.message.client_id, p.message.message_id, SendStatus::kQueued);
+        AppendSendResult(out_, m.client_id, m.message_id, SendStatus::kQueued);
         server_->SendText(sender->first, out_);
       }
+      if (auto route = routes_.find(m.recipient); route != routes_.end()) {
+        if (std::find(online.begin(), online.end(), route->second) == online.end()) {
+          online.push_back(route->second);
+        }
+      }
+    }
+    // Keep the buffers' capacity for the next turn.
+    done.clear();
+    senders.clear();
+    if (pending_.empty()) {
+      pending_.swap(done);
+      pending_senders_.swap(senders);
     }
     if (!result) {
       Log(LogLevel::kError, "store: commit failed: " + result.error().message);
       return;
     }
-    // A recipient that connected after its messages were queued this turn gets them now.
-    std::unordered_set<std::string> recipients;
-    for (const auto& p : done) recipients.insert(p.message.recipient);
-    for (const auto& r : recipients) {
-      auto route = routes_.find(r);
-      if (route == routes_.end()) continue;
-      auto c = conns_.find(route->second);
+    for (const net::ConnId id : online) {
+      auto c = conns_.find(id);
       if (c != conns_.end() && !c->second.closing) PushPending(c->second, 1000, false);
     }
   }
@@ -625,18 +823,18 @@ class Relay::Impl {
   }
 
   void Settle(Conn& conn, const std::vector<std::string>& ids, bool acked) {
-    std::vector<std::string> from_store;
-    std::vector<QueuedMessage> settled;
+    std::vector<std::string> from_store;  // e.g. pushed from the queue, or on an earlier connection
     for (const auto& id : ids) {
-      auto it = conn.inflight.find(id);
-      if (it == conn.inflight.end()) {
-        from_store.push_back(id);  // e.g. pushed on an earlier connection
+      const auto key = ParseMessageKey(id);
+      auto it = key ? conn.inflight.find(*key) : conn.inflight.end();
+      if (it == conn.inflight.end() || it->second.in_store) {
+        from_store.push_back(id);
+        if (it != conn.inflight.end()) conn.inflight.erase(it);
         continue;
       }
-      if (it->second.in_store) {
-        from_store.push_back(id);
-      } else {
-        settled.push_back(std::move(it->second.message));
+      if (acked) ++metrics_.acked;
+      if (!it->second.client_id.empty()) {
+        SendReceipt(it->second.sender(), it->second.client_id, id, acked);
       }
       conn.inflight.erase(it);
     }
@@ -651,20 +849,21 @@ class Relay::Impl {
             queue_counts_.erase(count);
           }
           if (queued_total_ > 0) --queued_total_;
-          settled.push_back(std::move(m));
+          if (acked) ++metrics_.acked;
+          if (!m.client_id.empty()) SendReceipt(m.sender, m.client_id, m.message_id, acked);
         }
       }
     }
-    metrics_.acked += acked ? settled.size() : 0;
     if (conn.more_pending && !conn.closing) PushPending(conn, 1000, false);
-    for (const auto& m : settled) {
-      if (m.client_id.empty()) continue;
-      auto route = routes_.find(m.sender);
-      if (route == routes_.end()) continue;
-      out_.clear();
-      AppendReceipt(out_, m.client_id, m.message_id, acked);
-      server_->SendText(route->second, out_);
-    }
+  }
+
+  void SendReceipt(std::string_view sender, std::string_view client_id, std::string_view message_id,
+                   bool acked) {
+    auto route = routes_.find(sender);
+    if (route == routes_.end()) return;
+    out_.clear();
+    AppendReceipt(out_, client_id, message_id, acked);
+    server_->SendText(route->second, out_);
   }
 
   void Handle(Conn& conn, const GetPendingFrame& frame) { PushPending(conn, frame.limit, true); }
@@ -812,6 +1011,10 @@ class Relay::Impl {
     metric("amesh_relay_frames_out_total", "counter", "Frames sent.", s.frames_out);
     metric("amesh_relay_bytes_in_total", "counter", "Bytes received.", s.bytes_in);
     metric("amesh_relay_bytes_out_total", "counter", "Bytes sent.", s.bytes_out);
+    metric("amesh_relay_socket_reads_total", "counter", "Socket reads that returned data.",
+           s.read_calls);
+    metric("amesh_relay_socket_writes_total", "counter",
+           "Socket writes (output of a connection coalesced per loop turn).", s.write_calls);
     metric("amesh_relay_connects_total", "counter", "Successful CONNECTs.", metrics_.connects);
     metric("amesh_relay_auth_failures_total", "counter", "Failed or missing CONNECTs.",
            metrics_.auth_failures);
@@ -858,17 +1061,21 @@ class Relay::Impl {
   bool timer_started_ = false;
   bool stopping_ = false;
   SystemRng rng_;
+  MessageIds ids_{rng_};
   std::string out_;  // reused output buffer
+  UnixNanos stamp_ms_ = -1;
+  std::string stamp_;
 
   std::unordered_map<net::ConnId, Conn> conns_;
-  std::unordered_map<std::string, net::ConnId> routes_;
+  StringMap<net::ConnId> routes_;
   std::unordered_map<std::string, Presence> presence_;
   std::unordered_map<std::string, std::uint32_t> per_ip_;
   std::unordered_map<std::string, SenderLimits> limits_;
   std::unordered_map<std::string, UnixNanos> replay_cache_;
   std::unordered_map<std::string, std::uint32_t> queue_counts_;
   std::unordered_map<std::string, std::uint32_t> pending_per_recipient_;
-  std::vector<PendingQueued> pending_;
+  std::vector<QueuedMessage> pending_;  // sends waiting for the group commit of this loop turn
+  std::vector<net::ConnId> pending_senders_;  // the connection each of them came from
   std::uint64_t queued_total_ = 0;
   UnixNanos last_expiry_ = 0;
   Counters metrics_;

@@ -11,7 +11,9 @@
 #include <thread>
 
 #include "agentmesh/core/identity.hpp"
+#include "agentmesh/core/json_scan.hpp"
 #include "agentmesh/core/relay_frames.hpp"
+#include "agentmesh/net/client.hpp"
 #include "agentmesh/net/tls.hpp"
 #include "process.hpp"
 #include "ws_test_client.hpp"
@@ -241,6 +243,61 @@ TEST_CASE("relay: live routing with send_result, ack and receipt", "[relay]") {
   CHECK((*r2)["from"] == AmidOf(a_id));
 }
 
+// The relay writes receive frames with its own fast builder; they must stay byte-identical to the
+// codec's AppendReceive (escaped payloads, ICE candidates, live and from the store).
+TEST_CASE("relay: receive frames are byte-identical to AppendReceive", "[relay]") {
+  RelayProcess relay;
+  const auto a_id = Identity(12);
+  const auto b_id = Identity(13);
+  WsTestClient a;
+  REQUIRE(a.ConnectAs(relay.url(), a_id));
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  std::vector<std::string> texts;
+  bool open = false;
+  net::ClientHandlers h;
+  h.on_open = [&] { open = true; };
+  h.on_text = [&](std::string_view text) { texts.emplace_back(text); };
+  auto b = std::make_unique<net::WsClient>(&loop, net::ClientOptions{}, std::move(h));
+  auto pump = [&](const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (!done() && std::chrono::steady_clock::now() < deadline) uv_run(&loop, UV_RUN_NOWAIT);
+    return done();
+  };
+
+  // Queued first (b offline), then live: both paths must match.
+  a.Send(Send(AmidOf(b_id), "q\\u00e9\\\"x", "c0"));
+  REQUIRE(a.RecvType("send_result"));
+  REQUIRE(b->Connect(relay.url()));
+  REQUIRE(pump([&] { return open; }));
+  b->SendText(relay::BuildConnectFrame(b_id, Now(), false));
+  REQUIRE(pump([&] { return texts.size() >= 2; }));  // connected, then the queued message
+  json ice = Send(AmidOf(b_id), "cGF5bG9hZA==\\n\\/", {}, "message");
+  ice["ice_candidates"] = json::array({{{"candidate", "c"}, {"sdp_mid", "0"}}});
+  a.Send(ice);
+  REQUIRE(pump([&] { return texts.size() >= 3; }));
+
+  for (std::size_t i = 1; i < 3; ++i) {
+    INFO(texts[i]);
+    const json frame = json::parse(texts[i]);
+    const auto type = relay::ParseMessageType(frame["message_type"].get<std::string>());
+    REQUIRE(type);
+    std::string payload_token;
+    AppendJsonString(payload_token, frame["encrypted_payload"].get<std::string>());
+    const std::string ice_raw =
+        frame.contains("ice_candidates") ? ice["ice_candidates"].dump() : "";
+    std::string expected;
+    relay::AppendReceive(expected, frame["from"].get<std::string>(), payload_token, *type,
+                         frame["timestamp"].get<std::string>(),
+                         frame["message_id"].get<std::string>(), ice_raw);
+    CHECK(texts[i] == expected);
+  }
+  b.reset();
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+}
+
 TEST_CASE("relay: queued messages survive kill -9 and are delivered in order after restart",
           "[relay]") {
   RelayProcess relay;
@@ -423,11 +480,10 @@ TEST_CASE("relay: bad frames after CONNECT get INVALID_MESSAGE and the connectio
   WsTestClient a, b;
   REQUIRE(a.ConnectAs(relay.url(), Identity(80)));
   REQUIRE(b.ConnectAs(relay.url(), b_id));
-  for (const char* bad :
-       {"not json", "[]", R"({"type":"teleport"})", R"({"type":"send"})",
-        R"({"type":"send","to":"not-an-amid!","encrypted_payload":"x"})",
-        R"({"type":"send","to":"x","encrypted_payload":{"a":1}})",
-        R"({"type":"presence","status":"asleep"})"}) {
+  for (const char* bad : {"not json", "[]", R"({"type":"teleport"})", R"({"type":"send"})",
+                          R"({"type":"send","to":"not-an-amid!","encrypted_payload":"x"})",
+                          R"({"type":"send","to":"x","encrypted_payload":{"a":1}})",
+                          R"({"type":"presence","status":"asleep"})"}) {
     INFO(bad);
     a.Send(std::string_view(bad));
     auto error = a.RecvType("error");
@@ -547,6 +603,44 @@ TEST_CASE("relay: connection flood from one address is capped", "[relay]") {
   std::this_thread::sleep_for(200ms);
   WsTestClient again;
   CHECK(again.Connect(relay.url()));
+}
+
+TEST_CASE("relay: a large queue drains under flow control once each and in order", "[relay]") {
+  TempDir config_dir;
+  const auto config = config_dir.path() / "relay.json";
+  std::ofstream(config) << R"({"max_output_bytes": 65536, "max_frame_bytes": 16384,)"
+                           R"( "messages_per_minute": 100000, "max_queue_per_recipient": 100000})";
+  RelayProcess relay({"--config", config.string()});
+  const auto a_id = Identity(130);
+  const auto b_id = Identity(131);
+  WsTestClient a;
+  REQUIRE(a.ConnectAs(relay.url(), a_id));
+  const std::string payload(4000, 'q');
+  std::vector<std::string> queued;
+  for (int i = 0; i < 300; ++i) {
+    a.Send(Send(AmidOf(b_id), payload, "d" + std::to_string(i)));
+    auto r = a.RecvType("send_result");
+    REQUIRE(r);
+    REQUIRE((*r)["status"] == "queued");
+    queued.push_back((*r)["message_id"].get<std::string>());
+  }
+  WsTestClient b;
+  auto connected = b.ConnectAs(relay.url(), b_id);
+  REQUIRE(connected);
+  CHECK((*connected)["pending_messages"] == 300);
+  std::vector<std::string> got;
+  while (got.size() < queued.size()) {
+    auto m = b.RecvType("receive", 5s);
+    if (!m) break;
+    got.push_back((*m)["message_id"].get<std::string>());
+    b.Send(json{{"type", "ack"}, {"message_id", (*m)["message_id"]}});
+  }
+  CHECK(got == queued);
+  CHECK_FALSE(b.RecvType("receive", 300ms));
+  b.Send(json{{"type", "get_pending_messages"}});
+  auto pending = b.RecvType("pending_messages");
+  REQUIRE(pending);
+  CHECK((*pending)["messages"].empty());
 }
 
 TEST_CASE("relay: a reader that stays too slow is disconnected and loses nothing", "[relay]") {

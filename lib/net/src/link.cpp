@@ -115,6 +115,34 @@ void Link::Flush() noexcept {
     }
     Bytes& pending = tls_ ? wire_ : out_;
     if (!writing_ && !pending.empty()) {
+      // Synchronous attempt first: when the socket takes everything (the common case) there is no
+      // write request, no completion callback and, with libuv 1.44, no epoll_ctl afterwards.
+      uv_buf_t now = uv_buf_init(reinterpret_cast<char*>(pending.data()),
+                                 static_cast<unsigned int>(pending.size()));
+      const int written = uv_try_write(stream(), &now, 1);
+      if (written < 0 && written != UV_EAGAIN) {
+        SetCloseInfo(close_code::kAbnormal, uv_strerror(written));
+        Abort();
+        return;
+      }
+      ++host_.Stats().write_calls;
+      if (written > 0) {
+        host_.Stats().bytes_out += static_cast<std::uint64_t>(written);
+        last_activity_ms_ = Now();
+        if (static_cast<std::size_t>(written) == pending.size()) {
+          if (pending.capacity() > kKeepCapacity) {
+            Bytes().swap(pending);
+          } else {
+            pending.clear();
+          }
+          AfterWrite();
+          if (phase_ == Phase::kClosed) return;
+        } else {
+          pending.erase(pending.begin(), pending.begin() + written);
+        }
+      }
+    }
+    if (!writing_ && !pending.empty()) {
       inflight_.swap(pending);
       const uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(inflight_.data()),
                                        static_cast<unsigned int>(inflight_.size()));
@@ -123,7 +151,6 @@ void Link::Flush() noexcept {
         return;
       }
       writing_ = true;
-      ++host_.Stats().write_calls;
       return;
     }
     const bool plain_drained = !tls_ || out_.empty() || !tls_->handshake_done();
@@ -153,12 +180,16 @@ void Link::OnWritten(int status) {
     inflight_.clear();
   }
   last_activity_ms_ = Now();
+  AfterWrite();
+  if (phase_ != Phase::kClosed && (!out_.empty() || !wire_.empty() || finish_after_flush_)) {
+    ScheduleFlush();
+  }
+}
+
+void Link::AfterWrite() {
   if (backpressured_ && QueuedBytes() <= config_.max_output_bytes / 2) {
     backpressured_ = false;
     OnDrain();
-  }
-  if (phase_ != Phase::kClosed && (!out_.empty() || !wire_.empty() || finish_after_flush_)) {
-    ScheduleFlush();
   }
 }
 
@@ -196,6 +227,7 @@ void Link::OnRead(ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   host_.Stats().bytes_in += static_cast<std::uint64_t>(nread);
+  ++host_.Stats().read_calls;
   last_activity_ms_ = Now();
   ping_outstanding_ = false;  // any traffic proves the peer is alive
   if (phase_ == Phase::kDraining || phase_ == Phase::kClosed || failed_) return;

@@ -5,7 +5,7 @@
 // returned address is tried in turn), connects, runs TLS (certificate and host name verified;
 // see TlsContext::ClientConfig) for wss://, sends the upgrade request with a random
 // Sec-WebSocket-Key, checks Sec-WebSocket-Accept, and then exchanges masked frames. Output is
-// coalesced exactly like the server's: one uv_write per loop turn at most.
+// coalesced exactly like the server's: one write per loop turn at most.
 //
 // Callback contract, per Connect():
 //   on_open        once, when the handshake succeeded;

@@ -7,8 +7,9 @@
 //   * the uv_tcp_t, allocated with the Link and freed only in its uv_close callback;
 //   * optional TLS through a TlsSession (memory BIOs);
 //   * coalesced output: frames are appended to `out_` during a loop turn; the host flushes every
-//     dirty Link once per turn (uv_prepare/uv_check), with one uv_write in flight per Link while
-//     more output accumulates behind it;
+//     dirty Link once per turn (uv_prepare/uv_check) with one write: uv_try_write, and only what
+//     the socket did not take goes to a uv_write, with one uv_write in flight per Link while more
+//     output accumulates behind it;
 //   * a bound on queued output bytes with backpressure/drain notifications;
 //   * the WebSocket state machine on top of WsCodec: pings answered, close handshake, failing the
 //     connection on violations, and an orderly TCP end (flush → shutdown → read to EOF, all
@@ -92,7 +93,7 @@ class Link : public WsSink {
   void StartReading() noexcept;
   void StopReading() noexcept;
 
-  // Host side: write what accumulated (one uv_write at most) and advance a pending close.
+  // Host side: write what accumulated (one write syscall at most) and advance a pending close.
   void Flush() noexcept;
   // Host side: timeouts and keep-alive pings.
   void Tick(std::uint64_t now_ms) noexcept;
@@ -156,6 +157,7 @@ class Link : public WsSink {
 
   void OnRead(ssize_t nread, const uv_buf_t* buf);
   void OnWritten(int status);
+  void AfterWrite();  // output left the process: drain notification
   void ProcessPlain(ByteView data);
   void HandleEof();
   void StartShutdown();

@@ -7,10 +7,10 @@
 //   HttpServer  the same engine with upgrades disabled, exposing only the HTTP API.
 //
 // Performance contract: everything queued for one connection during a loop turn leaves in ONE
-// uv_write (flushed from uv_prepare/uv_check), with at most one write in flight per connection;
-// frames queued while a write is in flight join the next one. Output buffers are reused, so the
-// steady state does not allocate per message. Small messages are delivered to on_text without
-// copying.
+// write (flushed from uv_prepare/uv_check; synchronous when the socket takes it all, else a
+// uv_write), with at most one write in flight per connection; frames queued while a write is in
+// flight join the next one. Input and output buffers are reused, so the steady state does not
+// allocate per message: on_text sees each message unmasked in the connection's reused buffer.
 //
 // Connections are named by ConnId, never by pointer. Sending to an id that is gone is a counted
 // no-op (SendStatus::kNoSuchConn). on_open, if called, is always followed by exactly one on_close

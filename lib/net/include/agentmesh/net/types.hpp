@@ -122,7 +122,8 @@ struct TransportStats {
   std::uint64_t frames_out = 0;            // data frames queued for sending (text + binary)
   std::uint64_t bytes_in = 0;              // bytes read from sockets (wire bytes, incl. TLS)
   std::uint64_t bytes_out = 0;             // bytes written to sockets (wire bytes, incl. TLS)
-  std::uint64_t write_calls = 0;           // uv_write calls (one per connection per flush)
+  std::uint64_t write_calls = 0;           // socket writes (one per connection per flush)
+  std::uint64_t read_calls = 0;            // read callbacks that delivered bytes
   std::uint64_t send_no_conn = 0;          // sends to unknown ids (SendStatus::kNoSuchConn)
   std::uint64_t send_not_open = 0;         // sends to closing / non-WebSocket connections
   std::uint64_t send_dropped = 0;          // frames dropped by the output bound
