@@ -1,5 +1,7 @@
 #include "agentmesh/core/json_scan.hpp"
 
+#include <cstring>
+
 #include <fmt/format.h>
 
 namespace agentmesh {
@@ -187,10 +189,27 @@ class Scanner {
     return true;
   }
 
+  // True when none of the 8 bytes is '"', '\\', a control character or non-ASCII (SWAR tests
+  // from "Bit Twiddling Hacks": haszero / hasless).
+  static bool PlainAscii8(std::uint64_t v) noexcept {
+    constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
+    constexpr std::uint64_t kHigh = 0x8080808080808080ULL;
+    const auto has_zero = [](std::uint64_t x) { return (x - kOnes) & ~x & kHigh; };
+    const std::uint64_t special = has_zero(v ^ (kOnes * '"')) | has_zero(v ^ (kOnes * '\\')) |
+                                  ((v - kOnes * 0x20) & ~v & kHigh) | (v & kHigh);
+    return special == 0;
+  }
+
   bool String(bool& has_escapes) {
     has_escapes = false;
     ++pos_;  // opening quote
     while (true) {
+      while (pos_ + 8 <= text_.size()) {
+        std::uint64_t v = 0;
+        std::memcpy(&v, text_.data() + pos_, 8);
+        if (!PlainAscii8(v)) break;
+        pos_ += 8;
+      }
       if (pos_ >= text_.size()) return SetError(Code::kInvalidArgument, "unterminated string");
       const auto c = static_cast<unsigned char>(text_[pos_]);
       if (c == '"') {
@@ -512,8 +531,13 @@ Result<std::vector<std::string>> ParseStringArray(std::string_view raw, std::siz
 void AppendJsonString(std::string& out, std::string_view value) {
   static constexpr char kHex[] = "0123456789abcdef";
   out += '"';
-  for (char ch : value) {
+  std::size_t plain_from = 0;  // start of the current run that needs no escaping
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    const char ch = value[i];
     const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(value.data() + plain_from, i - plain_from);
+    plain_from = i + 1;
     switch (c) {
       case '"':
         out += "\\\"";
@@ -541,11 +565,10 @@ void AppendJsonString(std::string& out, std::string_view value) {
           out += "\\u00";
           out += kHex[c >> 4];
           out += kHex[c & 15];
-        } else {
-          out += ch;
         }
     }
   }
+  out.append(value.data() + plain_from, value.size() - plain_from);
   out += '"';
 }
 

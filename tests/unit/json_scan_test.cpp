@@ -39,9 +39,9 @@ TEST_CASE("ScanObject type accessors name the member on mismatch", "[jsonscan]")
 }
 
 TEST_CASE("ScanObject agrees with nlohmann on valid documents", "[jsonscan]") {
-  const char* docs[] = {
-      R"({})", R"( { "a" : 1 } )", R"({"a":-0.5e-3,"b":[],"c":{},"d":"\ud83d\ude00"})",
-      R"({"a":"\"\\\/\b\f\n\r\t"})", R"({"a":true,"a":false})"};
+  const char* docs[] = {R"({})", R"( { "a" : 1 } )",
+                        R"({"a":-0.5e-3,"b":[],"c":{},"d":"\ud83d\ude00"})",
+                        R"({"a":"\"\\\/\b\f\n\r\t"})", R"({"a":true,"a":false})"};
   for (const char* doc : docs) {
     INFO(doc);
     auto scanned = ScanObject(doc);
@@ -130,4 +130,43 @@ TEST_CASE("AppendJsonString output round trips through the scanner", "[jsonscan]
     CHECK(**scanned->GetString("v") == s);
     CHECK(nlohmann::json::parse(doc)["v"] == s);
   }
+}
+
+TEST_CASE("json_scan finds every special byte whatever its offset in a long string", "[jsonscan]") {
+  for (std::size_t at = 0; at < 24; ++at) {
+    INFO("offset " << at);
+    std::string body(24, 'a');
+    std::string text;  // the scanned object's views point into it
+    const auto scan = [&](const std::string& b) {
+      text = "{\"k\":\"" + b + "\",\"n\":1}";
+      return ScanObject(text);
+    };
+    CHECK(scan(body));
+    std::string control = body;
+    control[at] = '\x01';
+    CHECK_FALSE(scan(control));
+    std::string quote = body;
+    quote[at] = '"';  // ends the string early: what follows is not valid JSON
+    CHECK_FALSE(scan(quote));
+    std::string escaped = body;
+    escaped.replace(at, 1, "\\n");
+    auto with_escape = scan(escaped);
+    REQUIRE(with_escape);
+    CHECK(with_escape->Find("k")->value_has_escapes);
+    std::string bad_utf8 = body;
+    bad_utf8[at] = '\xff';
+    CHECK_FALSE(scan(bad_utf8));
+    std::string good_utf8 = body;
+    good_utf8.replace(at, 1, "\xc3\xa9");
+    CHECK(scan(good_utf8));
+  }
+}
+
+TEST_CASE("AppendJsonString escapes at any offset and copies the rest", "[jsonscan]") {
+  std::string out;
+  AppendJsonString(out, "plain text, then \"quote\\ and\ttab\x01 end \xc3\xa9");
+  CHECK(out == "\"plain text, then \\\"quote\\\\ and\\ttab\\u0001 end \xc3\xa9\"");
+  out.clear();
+  AppendJsonString(out, "");
+  CHECK(out == "\"\"");
 }
