@@ -1,0 +1,112 @@
+// amesh audit: the audit log (method `audit`; --follow adds `subscribe` to "audit" events).
+#include <set>
+
+#include "commands.hpp"
+
+namespace amesh {
+namespace {
+
+struct AuditArgs {
+  bool follow = false;
+  std::string since;
+  int limit = 100;
+};
+
+// One event as a line: time, event name, then the other members as key=value.
+std::string EventLine(const json& event) {
+  if (!event.is_object()) return Compact(event);
+  std::string time = "-", name = "-";
+  for (const char* key : {"timestamp", "time", "at"}) {
+    if (event.contains(key)) {
+      time = Field(event, key);
+      break;
+    }
+  }
+  for (const char* key : {"event", "type", "kind"}) {
+    if (event.contains(key)) {
+      name = Field(event, key);
+      break;
+    }
+  }
+  std::string line = time + "  " + name;
+  for (const auto& [key, value] : event.items()) {
+    if (key == "timestamp" || key == "time" || key == "at" || key == "event" || key == "type" ||
+        key == "kind") {
+      continue;
+    }
+    line += "  " + key + "=" + CellText(value);
+  }
+  return line;
+}
+
+// An `audit` notification's params: the audit event itself, nested under "event" or merged
+// with the notification's own members (RPC.md §4 leaves it open).
+json EventFromNotification(json params) {
+  if (auto it = params.find("event"); it != params.end() && it->is_object()) return *it;
+  params.erase("subscription");
+  if (params.value("type", "") == "audit") params.erase("type");
+  return params;
+}
+
+int RunAudit(Context& ctx, const AuditArgs& args) {
+  json params = {{"limit", args.limit}};
+  if (!args.since.empty()) {
+    auto since = ParseSince(args.since);
+    if (!since) return ctx.UsageError(since.error());
+    params["since"] = *since;
+  }
+  auto print = [&](const json& event) {
+    if (ctx.json_output()) {
+      ctx.PrintJsonLine(event);
+    } else {
+      ctx.out() << EventLine(event) << std::endl;
+    }
+  };
+  if (!args.follow) {
+    return CallAndPrint(ctx, "audit", params, [&](const json& r) {
+      for (const auto& e : r.value("events", json::array())) print(e);
+    });
+  }
+  // Subscribe first, then read the backlog, so nothing falls between the two; events seen in
+  // both are printed once.
+  auto client = ctx.Daemon();
+  if (!client) return ctx.Fail(client.error());
+  auto subscribed =
+      (*client)->Call("subscribe", json{{"events", {"audit"}}}, Context::kDefaultTimeout);
+  if (!subscribed) return ctx.Fail(subscribed.error());
+  auto backlog = (*client)->Call("audit", params, Context::kDefaultTimeout);
+  if (!backlog) return ctx.Fail(backlog.error());
+  std::set<std::string> seen;
+  for (const auto& e : backlog->value("events", json::array())) {
+    seen.insert(Compact(e));
+    print(e);
+  }
+  while (true) {
+    auto event = (*client)->NextEvent(std::nullopt);
+    if (!event) return ctx.Fail(event.error());
+    if (!*event) continue;
+    const json e = EventFromNotification(std::move(**event));
+    if (!seen.empty() && seen.erase(Compact(e)) > 0) continue;
+    print(e);
+    if (!ctx.out()) return kExitOk;
+  }
+}
+
+}  // namespace
+
+void RegisterAudit(CLI::App& root, Context& ctx) {
+  auto args = std::make_shared<AuditArgs>();
+  CLI::App* sub =
+      AddCommand(root, ctx, "audit",
+                 "Print the audit log (KNOCKs, decisions, sessions, breakers), oldest first",
+                 [args](Context& c) { return RunAudit(c, *args); });
+  sub->add_flag("--follow,-f", args->follow, "keep printing new events until interrupted");
+  sub->add_option("--since", args->since,
+                  "only events since an RFC 3339 time or a duration ago (90s, 15m, 2h, 7d)")
+      ->type_name("TIME");
+  sub->add_option("--limit", args->limit, "at most N events (1 to 10000; default 100)")
+      ->type_name("N")
+      ->check(CLI::Range(1, 10000));
+}
+
+}  // namespace amesh

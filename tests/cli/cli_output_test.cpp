@@ -1,0 +1,403 @@
+// amesh against a scripted daemon: what each command sends (method and params), what it prints
+// in both modes, and which exit status each daemon error becomes.
+#include <catch2/catch.hpp>
+#include <mutex>
+
+#include "cli.hpp"
+#include "harness.hpp"
+
+using amesh::test::Amesh;
+using amesh::test::FakeDaemon;
+using amesh::test::RpcErrorObject;
+using amesh::test::RunOptions;
+using amesh::test::RunResult;
+using amesh::test::ScratchDir;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kAmid = "jZ6CK1dpcZD4oPYScUJvifP7BtJ";
+constexpr const char* kSession = "0f8e1c2a-4b7d-4e21-9a3b-5c6d7e8f9a0b";
+
+struct Fixture {
+  ScratchDir dir;
+  std::mutex mutex;
+  std::map<std::string, json> answers;  // method → {"result"|"error"…}
+  std::unique_ptr<FakeDaemon> daemon;
+
+  Fixture() {
+    daemon = std::make_unique<FakeDaemon>(
+        dir.path() / "d.sock", [this](const std::string& m, const json&) {
+          std::lock_guard lock(mutex);
+          auto it = answers.find(m);
+          if (it != answers.end()) return it->second;
+          return RpcErrorObject(-32601, "method_not_found", "unknown method " + m);
+        });
+  }
+  void Answer(const std::string& method, json reply) {
+    std::lock_guard lock(mutex);
+    answers[method] = std::move(reply);
+  }
+  RunResult Run(const std::vector<std::string>& args, const std::string& stdin_text = "",
+                bool tty = true) {
+    RunOptions o;
+    o.env = {{"AGENTMESH_SOCKET", (dir.path() / "d.sock").string()},
+             {"AGENTMESH_HOME", (dir.path() / "home").string()},
+             {"AGENTMESHD", "/nonexistent"}};
+    o.stdin_text = stdin_text;
+    o.stdin_is_tty = tty;
+    return Amesh(args, o);
+  }
+  // The params of the last request for `method`.
+  json LastParams(const std::string& method) {
+    json last;
+    for (const auto& r : daemon->Requests()) {
+      if (r.value("method", "") == method) last = r.value("params", json::object());
+    }
+    return last;
+  }
+};
+
+json Ok(json result) { return json{{"result", std::move(result)}}; }
+
+}  // namespace
+
+TEST_CASE("whoami prints fields, --json the result verbatim", "[cli]") {
+  Fixture f;
+  const json who = {{"amid", kAmid},
+                    {"signing_public_key", "ed25519:AAAA"},
+                    {"exchange_public_key", "x25519:BBBB"},
+                    {"display_name", "Bob"},
+                    {"registry", "http://127.0.0.1:1"},
+                    {"relay", "ws://127.0.0.1:2"}};
+  f.Answer("whoami", Ok(who));
+  RunResult r = f.Run({"whoami"});
+  CHECK(r.status == 0);
+  CHECK(r.out.find(std::string("amid          ") + kAmid) != std::string::npos);
+  CHECK(r.out.find("signing key   ed25519:AAAA") != std::string::npos);
+  r = f.Run({"whoami", "--json"});
+  CHECK(r.status == 0);
+  CHECK(json::parse(r.out) == who);
+}
+
+TEST_CASE("daemon errors map to exit statuses with hints", "[cli]") {
+  Fixture f;
+  struct Case {
+    json error;
+    int status;
+    std::string message;
+    std::string hint;
+  };
+  const std::vector<Case> cases = {
+      {RpcErrorObject(-32012, "not_initialized", "no identity yet"), 7, "no identity yet",
+       "run `amesh init`"},
+      {RpcErrorObject(-32007, "unavailable", "registry unreachable"), 8, "registry unreachable",
+       "retrying may help"},
+      {RpcErrorObject(-32001, "not_found", "unknown AMID"), 6, "unknown AMID", "amesh register"},
+      {RpcErrorObject(-32008, "timeout", "no answer"), 5, "no answer", "retry"},
+      {RpcErrorObject(-32602, "invalid_argument", "must be a string", {{"field", "amid"}}), 2,
+       "amid: must be a string", ""},
+      {RpcErrorObject(-32603, "internal", "oops"), 1, "oops", "bug in agentmeshd"},
+      {RpcErrorObject(-32006, "permission_denied", "paused"), 1, "paused", "amesh status"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.error.dump());
+    f.Answer("lookup", c.error);
+    const RunResult r = f.Run({"lookup", kAmid});
+    CHECK(r.status == c.status);
+    CHECK(r.err.find("amesh: " + c.message) == 0);
+    if (!c.hint.empty()) CHECK(r.err.find(c.hint) != std::string::npos);
+  }
+}
+
+TEST_CASE("knock: accepted prints the session, rejected exits 4 with the reason", "[cli]") {
+  Fixture f;
+  f.Answer("knock", Ok({{"session_id", kSession},
+                        {"peer", kAmid},
+                        {"state", "active"},
+                        {"type", "request_response"},
+                        {"capabilities", {"search", "book"}},
+                        {"constraints", {{"max_messages", 20}, {"ttl_seconds", 300}}}}));
+  RunResult r = f.Run({"knock", kAmid, "--intent", "travel/flights", "--action", "search", "--ttl",
+                       "60", "--timeout", "5"});
+  CHECK(r.status == 0);
+  CHECK(r.out.find(std::string("KNOCK accepted by ") + kAmid) != std::string::npos);
+  CHECK(r.out.find(std::string("session       ") + kSession) != std::string::npos);
+  CHECK(r.out.find("search,book") != std::string::npos);
+  const json p = f.LastParams("knock");
+  CHECK(p["amid"] == kAmid);
+  CHECK(p["intent"] == "travel/flights");
+  CHECK(p["action"] == "search");
+  CHECK(p["ttl_seconds"] == 60);
+  CHECK(p["timeout_ms"] == 5000);
+  CHECK(p["type"] == "request_response");
+
+  f.Answer("knock", RpcErrorObject(-32011, "knock_rejected", "rejected",
+                                   {{"reason", "intent_not_accepted"},
+                                    {"human_readable", "I only do travel."},
+                                    {"retry_after_seconds", 30}}));
+  r = f.Run({"knock", kAmid, "--intent", "creative"});
+  CHECK(r.status == amesh::kExitRejected);
+  CHECK(r.err.find("amesh: KNOCK rejected: intent_not_accepted (\"I only do travel.\")") == 0);
+  CHECK(r.err.find("retry in 30 s") != std::string::npos);
+}
+
+TEST_CASE("send: payloads from args and stdin, --wait prints the response payload", "[cli]") {
+  Fixture f;
+  f.Answer("send", Ok({{"session_id", kSession},
+                       {"sequence", 1},
+                       {"delivery", "delivered"},
+                       {"response",
+                        {{"id", "m1"},
+                         {"type", "response"},
+                         {"payload", {{"flights", json::array({"LH1", "BA2"})}}}}}}));
+  RunResult r = f.Run({"send", kAmid, "--intent", "travel", "{\"from\":\"BER\"}", "--wait", "5"});
+  CHECK(r.status == 0);
+  CHECK(r.out == "{\"flights\":[\"LH1\",\"BA2\"]}\n");
+  json p = f.LastParams("send");
+  CHECK(p["to"] == kAmid);
+  CHECK(p["intent"] == "travel");
+  CHECK(p["payload"] == json{{"from", "BER"}});
+  CHECK(p["wait_ms"] == 5000);
+  CHECK(p["type"] == "request");
+
+  SECTION("--wait without a value, payload after it") {
+    r = f.Run({"send", kSession, "--wait", "{\"q\":1}"});
+    CHECK(r.status == 0);
+    p = f.LastParams("send");
+    CHECK(p["payload"] == json{{"q", 1}});
+    CHECK(p["wait_ms"] == 30000);
+    CHECK(p["to"] == kSession);
+  }
+  SECTION("payload on stdin") {
+    r = f.Run({"send", kSession}, "{\"from_stdin\":true}\n", false);
+    CHECK(r.status == 0);
+    CHECK(f.LastParams("send")["payload"] == json{{"from_stdin", true}});
+    r = f.Run({"send", kSession, "-"}, "{\"dash\":1}", true);
+    CHECK(r.status == 0);
+    CHECK(f.LastParams("send")["payload"] == json{{"dash", 1}});
+  }
+  SECTION("an upper-case session id is normalised") {
+    r = f.Run({"send", "0F8E1C2A-4B7D-4E21-9A3B-5C6D7E8F9A0B", "{}"});
+    CHECK(f.LastParams("send")["to"] == kSession);
+  }
+  SECTION("without --wait: a confirmation") {
+    r = f.Run({"send", kSession, "{}"});
+    CHECK(r.status == 0);
+    CHECK(r.out ==
+          std::string("Sent request in session ") + kSession + " (sequence 1, delivered)\n");
+    CHECK_FALSE(f.LastParams("send").contains("wait_ms"));
+  }
+  SECTION("an error envelope: payload printed, exit 1") {
+    f.Answer(
+        "send",
+        Ok({{"session_id", kSession},
+            {"sequence", 1},
+            {"delivery", "queued"},
+            {"response",
+             {{"type", "error"}, {"payload", {{"code", "bad"}, {"message", "no such city"}}}}}}));
+    r = f.Run({"send", kSession, "{}", "--wait"});
+    CHECK(r.status == 1);
+    CHECK(json::parse(r.out)["code"] == "bad");
+    CHECK(r.err.find("no such city") != std::string::npos);
+  }
+  SECTION("--json prints the whole result") {
+    r = f.Run({"--json", "send", kSession, "{}", "--wait=2"});
+    CHECK(r.status == 0);
+    CHECK(json::parse(r.out)["delivery"] == "delivered");
+  }
+}
+
+TEST_CASE("sessions and search print aligned tables", "[cli]") {
+  Fixture f;
+  f.Answer("sessions", Ok({{"sessions",
+                            {{{"session_id", kSession},
+                              {"peer", kAmid},
+                              {"role", "initiator"},
+                              {"intent", {{"category", "travel"}, {"subcategory", "flights"}}},
+                              {"type", "request_response"},
+                              {"state", "active"},
+                              {"messages_sent", 1},
+                              {"messages_received", 0},
+                              {"expires_at", "2026-02-01T12:05:00Z"}}}}}));
+  RunResult r = f.Run({"sessions"});
+  CHECK(r.status == 0);
+  const auto header_end = r.out.find('\n');
+  const std::string header = r.out.substr(0, header_end);
+  const std::string row = r.out.substr(header_end + 1);
+  CHECK(header.starts_with("SESSION"));
+  CHECK(header.find("PEER") == row.find(kAmid));
+  CHECK(row.find("travel/flights") == header.find("INTENT"));
+  CHECK(row.find("1/0") != std::string::npos);
+
+  f.Answer("sessions", Ok({{"sessions", json::array()}}));
+  CHECK(f.Run({"sessions"}).out == "No sessions.\n");
+
+  f.Answer("search", Ok({{"results",
+                          {{{"amid", kAmid},
+                            {"display_name", "Bob"},
+                            {"tier", "anonymous"},
+                            {"reputation_score", 0.5},
+                            {"status", "online"},
+                            {"capabilities", {"travel/flights"}}}}},
+                         {"total", 3},
+                         {"limit", 1},
+                         {"offset", 0}}));
+  r = f.Run({"search", "travel/*", "--limit", "1", "--tier-min", "1"});
+  CHECK(r.status == 0);
+  CHECK(r.out.find("0.50") != std::string::npos);
+  CHECK(r.out.find("(1-1 of 3; --offset for more)") != std::string::npos);
+  const json p = f.LastParams("search");
+  CHECK(p["capability"] == "travel/*");
+  CHECK(p["tier_min"] == "verified");
+  CHECK(p["limit"] == 1);
+}
+
+TEST_CASE("status pipelines ping and status", "[cli]") {
+  Fixture f;
+  f.Answer("ping", Ok({{"pong", true}, {"version", "0.1.0"}, {"pid", 42}, {"uptime_seconds", 75}}));
+  f.Answer("status", Ok({{"initialized", false},
+                         {"version", "0.1.0"},
+                         {"home", "/h"},
+                         {"socket", "/s"},
+                         {"paused", true},
+                         {"relay", {{"url", "ws://r"}, {"connected", false}}},
+                         {"registry", {{"url", "http://g"}, {"reachable", true}}},
+                         {"sessions", {{"active", 2}}},
+                         {"inbox", {{"pending", 5}}}}));
+  const RunResult r = f.Run({"status"});
+  CHECK(r.status == 0);
+  CHECK(r.out.find("not initialized (run `amesh init`)") != std::string::npos);
+  CHECK(r.out.find("pid 42, up 1m") != std::string::npos);
+  CHECK(r.out.find("ws://r (not connected)") != std::string::npos);
+  CHECK(r.out.find("2 active") != std::string::npos);
+  CHECK(r.out.find("paused") != std::string::npos);
+}
+
+TEST_CASE("policy test prints the trace and exits 4 on reject", "[cli]") {
+  Fixture f;
+  f.Answer("policy.test",
+           Ok({{"decision", "reject"},
+               {"reason", "intent_not_accepted"},
+               {"trace",
+                {{{"rule", "paused"}, {"outcome", "pass"}, {"detail", "not paused"}},
+                 {{"rule", "intent"}, {"outcome", "fail"}, {"detail", "creative is rejected"}}}}}));
+  RunResult r = f.Run({"policy", "test", "--intent", "creative/poems", "--tier", "verified"});
+  CHECK(r.status == amesh::kExitRejected);
+  CHECK(r.out.find("2  intent  fail    creative is rejected") != std::string::npos);
+  CHECK(r.out.find("decision: reject (intent_not_accepted)") != std::string::npos);
+  const json p = f.LastParams("policy.test");
+  CHECK(p["knock"]["intent"] == json{{"category", "creative"}, {"subcategory", "poems"}});
+  CHECK(p["context"]["tier"] == "verified");
+
+  // The core's DecisionToJson shape is understood too.
+  f.Answer("policy.test", Ok({{"accepted", true},
+                              {"reason", nullptr},
+                              {"trace", {{{"rule", "paused"}, {"passed", true}, {"detail", "ok"}}}},
+                              {"constraints", {{"ttl_seconds", 300}}}}));
+  r = f.Run({"policy", "test", "{\"from\":{\"amid\":\"x\"},\"intent\":{\"category\":\"travel\"}}"});
+  CHECK(r.status == 0);
+  CHECK(r.out.find("1  paused  pass") != std::string::npos);
+  CHECK(r.out.find("decision: accept") != std::string::npos);
+}
+
+TEST_CASE("policy set sends the file and shows field errors", "[cli]") {
+  Fixture f;
+  f.Answer("policy.set", RpcErrorObject(-32602, "invalid_argument", "must be an integer >= 1",
+                                        {{"field", "rate_limit.knocks_per_minute"}}));
+  const RunResult r =
+      f.Run({"policy", "set", "-"}, "{\"rate_limit\":{\"knocks_per_minute\":0}}", false);
+  CHECK(r.status == 2);
+  CHECK(r.err.find("amesh: rate_limit.knocks_per_minute: must be an integer >= 1") == 0);
+  CHECK(r.err.find("agentmesh-policy(5)") != std::string::npos);
+  CHECK(f.LastParams("policy.set")["policy"]["rate_limit"]["knocks_per_minute"] == 0);
+}
+
+TEST_CASE("recv prints NDJSON and times out with exit 5", "[cli]") {
+  Fixture f;
+  f.Answer("recv", Ok({{"messages",
+                        {{{"id", "a"}, {"session_id", kSession}, {"payload", {{"n", 1}}}},
+                         {{"id", "b"}, {"session_id", kSession}, {"payload", {{"n", 2}}}}}}}));
+  RunResult r = f.Run({"recv", "--session", kSession, "--from", kAmid});
+  CHECK(r.status == 0);
+  CHECK(r.out == "{\"id\":\"a\",\"payload\":{\"n\":1},\"session_id\":\"" + std::string(kSession) +
+                     "\"}\n{\"id\":\"b\",\"payload\":{\"n\":2},\"session_id\":\"" + kSession +
+                     "\"}\n");
+  json p = f.LastParams("recv");
+  CHECK(p["session_id"] == kSession);
+  CHECK(p["from"] == kAmid);
+  CHECK(p["timeout_ms"] == 0);
+
+  f.Answer("recv", Ok({{"messages", json::array()}}));
+  r = f.Run({"recv", "--timeout", "0.2"});
+  CHECK(r.status == amesh::kExitTimeout);
+  CHECK(f.LastParams("recv")["timeout_ms"] == 200);
+}
+
+TEST_CASE("rpc calls any method and prints the result", "[cli]") {
+  Fixture f;
+  f.Answer("ping", Ok({{"pong", true}}));
+  RunResult r = f.Run({"rpc", "ping"});
+  CHECK(r.status == 0);
+  CHECK(json::parse(r.out) == json{{"pong", true}});
+  r = f.Run({"rpc", "nosuch", "{}"});
+  CHECK(r.status == 2);
+  CHECK(r.err.find("unknown method nosuch") != std::string::npos);
+}
+
+TEST_CASE("serve runs the command per request and replies with its output", "[cli]") {
+  Fixture f;
+  std::atomic<int> recv_calls{0};
+  f.Answer("subscribe", Ok({{"subscription", 1}}));
+  f.Answer("sessions", Ok({{"sessions",
+                            {{{"session_id", kSession},
+                              {"role", "receiver"},
+                              {"intent", {{"category", "echo"}}},
+                              {"state", "active"}},
+                             {{"session_id", "11111111-2222-3333-4444-555555555555"},
+                              {"role", "receiver"},
+                              {"intent", {{"category", "other"}}},
+                              {"state", "active"}}}}}));
+  f.Answer("recv", Ok({{"messages",
+                        {{{"id", "m1"},
+                          {"session_id", kSession},
+                          {"from", kAmid},
+                          {"type", "request"},
+                          {"payload", {{"text", "hi"}}}}}}}));
+  f.Answer("reply", Ok({{"session_id", kSession}, {"sequence", 1}, {"delivery", "delivered"}}));
+  RunResult r = f.Run({"serve", "--intent", "echo", "--max-requests", "1", "--", "/bin/sh", "-c",
+                       "read line; echo \"{\\\"got\\\":$line,\\\"from\\\":\\\"$AMESH_FROM\\\"}\""});
+  INFO(r.err);
+  CHECK(r.status == 0);
+  json p = f.LastParams("reply");
+  CHECK(p["session_id"] == kSession);
+  CHECK(p["type"] == "response");
+  CHECK(p["payload"] == json{{"got", {{"text", "hi"}}}, {"from", kAmid}});
+  // Only the matching session was drained.
+  for (const auto& req : f.daemon->Requests()) {
+    if (req.value("method", "") == "recv") CHECK(req["params"]["session_id"] == kSession);
+  }
+  (void)recv_calls;
+
+  SECTION("a failing command becomes an error envelope") {
+    r = f.Run(
+        {"serve", "--intent", "echo", "--max-requests", "1", "--", "/bin/sh", "-c", "exit 3"});
+    CHECK(r.status == 0);
+    p = f.LastParams("reply");
+    CHECK(p["type"] == "error");
+    CHECK(p["payload"]["code"] == "service_failed");
+    CHECK(p["payload"]["message"] == "the service exited with status 3");
+  }
+  SECTION("non-JSON output becomes an error envelope") {
+    r = f.Run({"serve", "--intent", "echo", "--max-requests", "1", "--", "/bin/echo", "hello"});
+    CHECK(r.status == 0);
+    p = f.LastParams("reply");
+    CHECK(p["type"] == "error");
+    CHECK(p["payload"]["code"] == "invalid_response");
+  }
+  SECTION("a scalar is wrapped as {result}") {
+    r = f.Run({"serve", "--intent", "echo", "--max-requests", "1", "--", "/bin/echo", "42"});
+    CHECK(r.status == 0);
+    CHECK(f.LastParams("reply")["payload"] == json{{"result", 42}});
+  }
+}
