@@ -1,0 +1,269 @@
+// agentmeshd's core: the state one agent's daemon holds and the loop-thread logic around it.
+//
+// One Daemon per process, on one libuv loop; every member function runs on the loop thread.
+// Services it owns: the Store (SQLite), the RpcServer (Unix socket), the RegistryClient and the
+// RelayLink (agentmeshd_net), the audit log, timers. Sessions, pending RPC calls, relay messages
+// and timers refer to each other by id (session id, relay message id, timer id), never by pointer.
+//
+// Durability (docs/RPC.md, "Delivery"): every durable change of a loop turn goes into one SQLite
+// transaction (Batch()); a uv_check handle commits it once per loop turn, then runs the actions
+// that make the change visible to the outside (relay Ack, relay Send, RPC replies, which the
+// RpcServer flushes last). So a ratchet step and its inbox row are committed before the relay's
+// Ack, an outbox row before the RPC reply and before the ciphertext leaves, and a kill -9 at any
+// point loses and duplicates nothing: unacked relay messages come back and are de-duplicated by
+// relay message id, by the ratchet (replay) and by the envelope sequence. A failed commit is
+// fatal (the process exits and restarts from the last committed state).
+//
+// Secrets at rest are sealed (core sealed.hpp, key form) under the master key: Argon2id of
+// $AGENTMESH_PASSPHRASE with a salt in <home>/master.salt, or else the 32 random bytes of the
+// 0600 file <home>/master.key created by `init`.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agentmesh/core/envelope.hpp"
+#include "agentmesh/core/identity.hpp"
+#include "agentmesh/core/knock.hpp"
+#include "agentmesh/core/policy.hpp"
+#include "agentmesh/core/prekey.hpp"
+#include "agentmesh/core/ratchet.hpp"
+#include "agentmesh/core/rate_limit.hpp"
+#include "agentmesh/core/sealed.hpp"
+#include "config.hpp"
+#include "daemon/registry_client.hpp"
+#include "daemon/relay_link.hpp"
+#include "rpc_server.hpp"
+#include "schemas.hpp"
+#include "store.hpp"
+
+namespace agentmesh::daemon {
+
+struct DaemonOptions {
+  std::filesystem::path home;
+  std::string socket_path;
+  std::filesystem::path config_path;  // default <home>/config.json
+  std::optional<std::string> log_level;
+};
+
+struct Identity {
+  Ed25519KeyPair signing;
+  X25519KeyPair exchange;
+  Amid amid;
+};
+
+// A pending or active session, with its ratchet in memory.
+struct LiveSession {
+  SessionRow row;
+  std::optional<RatchetSession> ratchet;
+  bool dirty = false;
+};
+
+// One-shot timers by id; cancelling a fired or unknown id is a no-op.
+class Timers {
+ public:
+  explicit Timers(uv_loop_t* loop) : loop_(loop) {}
+  ~Timers();
+  std::uint64_t Start(std::uint64_t ms, std::function<void()> fn);
+  void Cancel(std::uint64_t id);
+  void CancelAll();  // none of the pending callbacks will run
+
+ private:
+  struct Entry;
+  uv_loop_t* loop_;
+  std::unordered_map<std::uint64_t, Entry*> entries_;
+  std::uint64_t next_ = 1;
+};
+
+class Daemon {
+ public:
+  static Result<std::unique_ptr<Daemon>> Create(uv_loop_t* loop, DaemonOptions options);
+  ~Daemon();
+
+  // Listens on the socket and starts the network clients. Errors leave nothing running.
+  Result<void> Start();
+  // Graceful stop: closes the socket, the relay link and every handle; uv_run then returns.
+  void Stop();
+  // SIGHUP: re-reads config.json and policy.json (invalid files keep the running values).
+  void Reload();
+  bool stopping() const noexcept { return stopping_; }
+
+  // ---- Shared with the method handlers (methods.cpp) and the session logic (sessions.cpp).
+
+  // Opens the storage batch of this loop turn (idempotent).
+  void Batch();
+  // Runs `fn` after this loop turn's batch committed (at once-ish if no batch is open).
+  void AfterCommit(std::function<void()> fn);
+  void WakeCheck();
+
+  Bytes SealBlob(std::string_view ad, ByteView plaintext);
+  Result<SecretBuffer> OpenBlob(std::string_view ad, ByteView sealed);
+
+  // Events (RPC.md §4) to subscribers, and the audit log (one JSON object per line).
+  void Emit(std::string_view type, nlohmann::json fields);
+  void Audit(std::string_view event, nlohmann::json fields);
+
+  // Method dispatch (the sorted method table lives in methods.cpp).
+  void Dispatch(Responder reply, const std::string& method, const nlohmann::json& params);
+
+  // Identity and prekeys.
+  Result<nlohmann::json> InitIdentity(bool force, bool& created);
+  Result<void> EnsurePrekeys();
+  void UploadPrekeys(std::function<void(Result<void>)> done);
+  void MaintainPrekeys();
+
+  // Registry lookups cached for policy (tier, reputation) and for keys.
+  void LookupPeer(const std::string& amid, bool fresh,
+                  std::function<void(Result<nlohmann::json>)> done);
+
+  // Sessions (sessions.cpp).
+  struct KnockRequest {
+    std::string peer;
+    Intent intent;
+    SessionRequest session_request;
+    std::uint64_t timeout_ms = 30000;
+  };
+  void StartKnock(KnockRequest request, std::function<void(RpcResult)> done);
+  // Sends one envelope on an active session. `done` gets {session_id, sequence, delivery}.
+  void SendEnvelope(const std::string& session_id, EnvelopeType type, nlohmann::json payload,
+                    std::function<void(RpcResult)> done);
+  // Ends a session: "closed" (sends a close envelope when `notify_peer`), "killed", "expired".
+  void EndSession(LiveSession& session, std::string_view state, std::string_view reason,
+                  bool notify_peer, std::optional<std::string> summary = std::nullopt);
+  LiveSession* FindSession(const std::string& session_id);
+  std::size_t ActiveSessionCount() const;
+  nlohmann::json SessionToJson(const SessionRow& row) const;
+  Result<nlohmann::json> MessageToJson(const InboxRow& row);
+  void OnRelayMessage(const IncomingMessage& message);
+  void OnSendResult(const SendResult& result);
+  void OnRelayState(bool connected, std::string_view detail);
+  void QueueRelaySend(OutboxRow row, std::function<void(std::string)> on_delivery);
+  void SendOutboxRow(const OutboxRow& row);
+  void ResendOutbox();
+  void ExpireSessions();
+  // Hands messages to waiting recv / send-wait calls after new inbox rows became visible.
+  void ServeWaiters();
+
+  // Transcripts (store_transcripts in config.json or policy.json): one sealed row per envelope.
+  void RecordTranscript(const std::string& session_id, std::string_view direction,
+                        const Envelope& envelope);
+
+  // Policy file.
+  Result<void> LoadPolicy();
+  Result<void> SavePolicy(const Policy& policy);
+
+  // Configuration.
+  Result<void> SaveConfig();
+  void ApplyNetworkConfig();
+
+  // Payload schema check per config_.schema_validation; returns false when the payload must not
+  // go through (strict mode). Audits violations in warn and strict mode.
+  bool SchemaAllows(const std::string& session_id, std::string_view direction,
+                    const nlohmann::json& payload, Error* error);
+
+  uv_loop_t* loop_;
+  DaemonOptions options_;
+  PayloadSchemas schemas_;
+  DaemonConfig config_;
+  std::filesystem::path policy_path_;
+  Policy policy_ = DefaultPolicy();
+  std::int64_t policy_mtime_ = 0;
+  std::optional<Store> store_;
+  std::optional<SealKey> seal_key_;
+  bool passphrase_mode_ = false;
+  std::optional<Identity> identity_;
+  std::vector<SignedPrekey> signed_prekeys_;               // newest last
+  std::map<std::uint32_t, std::int64_t> retired_prekeys_;  // id -> retired_at
+  bool prekeys_uploading_ = false;
+  bool registered_ = false;
+  bool paused_ = false;
+  bool stopping_ = false;
+  UnixNanos started_at_ = 0;
+
+  std::unique_ptr<RpcServer> rpc_;
+  std::unique_ptr<RegistryClient> registry_;
+  std::vector<std::unique_ptr<RegistryClient>> retired_registries_;
+  std::unique_ptr<RelayLink> relay_;
+  std::vector<std::unique_ptr<RelayLink>> retired_relays_;
+  std::string registry_in_use_, relay_in_use_;  // "url|ca_file" of the live clients
+  std::uint64_t housekeeping_ticks_ = 0;
+  bool registry_reachable_ = false;
+  std::string registry_error_;
+  Timers timers_;
+
+  uv_check_t* check_ = nullptr;
+  uv_idle_t* idle_ = nullptr;
+  uv_timer_t* housekeeping_ = nullptr;
+  std::vector<std::function<void()>> after_commit_;
+  int audit_fd_ = -1;
+
+  std::unordered_map<std::string, std::unique_ptr<LiveSession>> sessions_;
+
+  struct KnockWait {
+    std::function<void(RpcResult)> done;
+    std::uint64_t timer = 0;
+  };
+  std::unordered_map<std::string, KnockWait> knock_waits_;
+
+  struct RecvWait {
+    Responder reply;
+    std::optional<std::string> session_id, from;
+    int limit = 100;
+    std::uint64_t timer = 0;
+  };
+  std::map<std::uint64_t, RecvWait> recv_waits_;
+  std::uint64_t next_wait_id_ = 1;
+
+  struct ResponseWait {
+    std::function<void(RpcResult)> done;  // gets the message object
+    std::uint64_t timer = 0;
+  };
+  std::unordered_map<std::string, ResponseWait> response_waits_;  // by session id
+
+  // Relay delivery: outbox message id -> callbacks waiting for the relay's answer.
+  std::unordered_map<std::string, std::vector<std::function<void(std::string)>>> delivery_waits_;
+  std::unordered_set<std::string> sent_on_link_;  // outbox ids written on this connection
+  std::unordered_set<std::string> processing_;    // relay ids being handled (async KNOCKs)
+  std::unordered_map<std::string, TokenBucket> knock_buckets_;
+
+  struct CachedLookup {
+    nlohmann::json value;
+    UnixNanos at = 0;
+  };
+  std::unordered_map<std::string, CachedLookup> lookup_cache_;
+
+  struct Subscription {
+    ConnId conn = 0;
+    std::set<std::string> events;  // empty = all
+  };
+  std::map<std::uint64_t, Subscription> subscriptions_;
+  std::uint64_t next_subscription_ = 1;
+
+ private:
+  Daemon(uv_loop_t* loop, DaemonOptions options);
+  Result<void> OpenState();
+  Result<void> LoadSealKey();
+  Result<void> LoadIdentity();
+  void OnCheck();
+  void Housekeeping();
+  void HandleIncoming(const IncomingMessage& message);
+};
+
+// Session-layer helpers (sessions.cpp).
+void HandleKnockMessage(Daemon& d, const IncomingMessage& message, Bytes bytes,
+                        const PrekeyMessageInfo& info);
+
+}  // namespace agentmesh::daemon

@@ -1,0 +1,773 @@
+// Integration tests: real amesh-relay, amesh-registry and agentmeshd processes on loopback, each
+// test in its own temp dir, talking JSON-RPC to the daemons over their sockets.
+#include <sys/wait.h>
+
+#include <atomic>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "harness.hpp"
+
+using namespace agentmesh::testing;
+
+namespace {
+
+std::string ReadAll(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::size_t CountLines(const std::filesystem::path& path, const std::string& needle) {
+  std::ifstream in(path);
+  std::string line;
+  std::size_t n = 0;
+  while (std::getline(in, line)) n += line.find(needle) != std::string::npos ? 1 : 0;
+  return n;
+}
+
+void WritePolicy(DaemonProcess& d, const json& policy) {
+  std::ofstream(d.home() / "policy.json") << policy.dump(2);
+}
+
+class Mesh {
+ public:
+  Mesh() {
+    REQUIRE(relay_.Start({AMESH_RELAY_BIN, "--listen", "127.0.0.1:0", "--store",
+                          (dir_.path() / "relay.db").string(), "--messages-per-minute", "1000000",
+                          "--knocks-per-minute", "100000", "--max-queue", "100000"},
+                         dir_.path() / "relay.log"));
+#ifdef AMESH_REGISTRY_BIN
+    std::filesystem::create_directories(dir_.path() / "registry");
+    REQUIRE(registry_.Start({AMESH_REGISTRY_BIN, "--listen", "127.0.0.1:0", "--db",
+                             "sqlite:" + (dir_.path() / "registry" / "registry.db").string(),
+                             "--state-dir", (dir_.path() / "registry").string(),
+                             "--register-per-minute", "10000", "--search-per-minute", "100000"},
+                            dir_.path() / "registry.log"));
+    registry_url_ = "http://127.0.0.1:" + std::to_string(registry_.port());
+#else
+    registry_url_ = "http://127.0.0.1:9";  // nothing listens: registry calls are unavailable
+#endif
+    relay_url_ = "ws://127.0.0.1:" + std::to_string(relay_.port()) + "/v1/connect";
+  }
+
+  // A started, initialized daemon (registered when `capabilities` is given).
+  DaemonProcess& Agent(const std::string& name, std::optional<json> capabilities = json::array(),
+                       std::optional<json> config = std::nullopt) {
+    auto d = std::make_unique<DaemonProcess>(dir_.path() / name, registry_url_, relay_url_);
+    if (config) std::ofstream(d->home() / "config.json") << config->dump();
+    d->Start();
+    json init = d->Init(name);
+    REQUIRE(init["created"] == true);
+    if (capabilities) {
+      json reg = d->rpc.Call("register", {{"capabilities", *capabilities}});
+      REQUIRE(reg["amid"] == init["amid"]);
+    }
+    REQUIRE(d->WaitRelay());
+    agents_.push_back(std::move(d));
+    return *agents_.back();
+  }
+
+  const std::filesystem::path& dir() const { return dir_.path(); }
+  std::string log() const {
+    std::string out = "relay:\n" + relay_.log() + "\nregistry:\n" + registry_.log();
+    for (const auto& a : agents_) out += "\n" + a->home().filename().string() + ":\n" + a->log();
+    return out;
+  }
+
+ private:
+  TempDir dir_;
+  ServerProcess relay_;
+  ServerProcess registry_;
+  std::string registry_url_, relay_url_;
+  std::vector<std::unique_ptr<DaemonProcess>> agents_;
+};
+
+std::string Amid(DaemonProcess& d) { return d.rpc.Call("whoami")["amid"]; }
+
+// An active session from `a` to `b` of `type`.
+std::string OpenSession(DaemonProcess& a, DaemonProcess& b, const std::string& type,
+                        const std::string& intent = "travel/flights",
+                        const json& extra = json::object()) {
+  json params = {{"amid", Amid(b)}, {"intent", intent}, {"type", type}, {"ttl_seconds", 3600}};
+  for (auto& [key, value] : extra.items()) params[key] = value;
+  json k = a.rpc.Call("knock", params);
+  REQUIRE(k["state"] == "active");
+  return k["session_id"];
+}
+
+json RecvAll(DaemonProcess& d, std::size_t want, std::chrono::seconds timeout,
+             const json& filter = json::object()) {
+  json all = json::array();
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (all.size() < want && std::chrono::steady_clock::now() < deadline) {
+    json params = filter;
+    params["timeout_ms"] = 1000;
+    params["limit"] = 10000;
+    json r = d.rpc.CallRaw("recv", params);
+    if (!r.contains("result")) break;
+    for (auto& m : r["result"]["messages"]) all.push_back(m);
+  }
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("daemon: init and whoami and status", "[daemon]") {
+  TempDir dir;
+  DaemonProcess d(dir.path() / "home", "http://127.0.0.1:9", "ws://127.0.0.1:9/v1/connect");
+  d.Start();
+  json status = d.rpc.Call("status");
+  CHECK(status["initialized"] == false);
+  CHECK(status["socket"] == d.socket());
+  json err = d.rpc.CallError("whoami");
+  CHECK(err["code"] == -32012);
+  CHECK(err["data"]["code"] == "not_initialized");
+
+  json init = d.Init("alice");
+  CHECK(init["created"] == true);
+  const std::string amid = init["amid"];
+  CHECK(amid.size() >= 27);
+  json again = d.rpc.Call("init", json::object());
+  CHECK(again["created"] == false);
+  CHECK(again["amid"] == amid);
+
+  json who = d.rpc.Call("whoami");
+  CHECK(who["amid"] == amid);
+  CHECK(who["display_name"] == "alice");
+  CHECK(who["signing_public_key"].get<std::string>().starts_with("ed25519:"));
+  CHECK(who["exchange_public_key"].get<std::string>().starts_with("x25519:"));
+  status = d.rpc.Call("status");
+  CHECK(status["initialized"] == true);
+  CHECK(status["amid"] == amid);
+  CHECK(status["inbox"]["pending"] == 0);
+  json ping = d.rpc.Call("ping");
+  CHECK(ping["pong"] == true);
+
+  // State files: 0600 key file, 0700 home, 0600 socket, config written by init.
+  namespace fs = std::filesystem;
+  CHECK((fs::status(d.home() / "master.key").permissions() & fs::perms::all) ==
+        (fs::perms::owner_read | fs::perms::owner_write));
+  CHECK((fs::status(d.home()).permissions() & fs::perms::all) == fs::perms::owner_all);
+  CHECK((fs::status(d.socket()).permissions() & fs::perms::all) ==
+        (fs::perms::owner_read | fs::perms::owner_write));
+  CHECK(json::parse(ReadAll(d.home() / "config.json"))["display_name"] == "alice");
+
+  // The identity survives a restart (sealed in the database), and a second daemon on the same
+  // home refuses to start.
+  ChildProcess second;
+  REQUIRE(second.Start(
+      {AGENTMESHD_BIN, "--foreground", "--home", d.home().string(), "--socket", d.socket()},
+      dir.path() / "second.log"));
+  CHECK(second.Signal(0, true, 10s) != -1);  // it exits by itself
+  CHECK(ReadAll(dir.path() / "second.log").find("another agentmeshd") != std::string::npos);
+  CHECK(d.Terminate() == 0);
+  d.Start();
+  CHECK(d.rpc.Call("whoami")["amid"] == amid);
+  CHECK(CountLines(d.home() / "logs" / "audit.jsonl", "identity.created") == 1);
+}
+
+TEST_CASE("daemon: passphrase-sealed state opens only with the passphrase", "[daemon]") {
+  TempDir dir;
+  ::setenv("AGENTMESH_PASSPHRASE", "correct horse battery staple", 1);
+  DaemonProcess d(dir.path() / "home", "http://127.0.0.1:9", "ws://127.0.0.1:9/v1/connect");
+  d.Start();
+  const std::string amid = d.Init("sealed")["amid"];
+  CHECK_FALSE(std::filesystem::exists(d.home() / "master.key"));
+  CHECK(std::filesystem::exists(d.home() / "master.salt"));
+  CHECK(d.Terminate() == 0);
+
+  auto refused = [&](const char* passphrase, const std::string& why) {
+    if (passphrase != nullptr) {
+      ::setenv("AGENTMESH_PASSPHRASE", passphrase, 1);
+    } else {
+      ::unsetenv("AGENTMESH_PASSPHRASE");
+    }
+    ChildProcess c;
+    const auto log = dir.path() / "refused.log";
+    std::filesystem::remove(log);
+    REQUIRE(c.Start(
+        {AGENTMESHD_BIN, "--foreground", "--home", d.home().string(), "--socket", d.socket()},
+        log));
+    CHECK_FALSE(c.WaitForLine("listening", 30s).has_value());
+    const int status = c.Signal(0, true, 10s);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 1);
+    INFO(ReadAll(log));
+    CHECK(ReadAll(log).find(why) != std::string::npos);
+  };
+  refused("wrong passphrase", "does not open the sealed state");
+  refused(nullptr, "AGENTMESH_PASSPHRASE");
+  ::setenv("AGENTMESH_PASSPHRASE", "correct horse battery staple", 1);
+  d.Start();
+  CHECK(d.rpc.Call("whoami")["amid"] == amid);
+  ::unsetenv("AGENTMESH_PASSPHRASE");
+}
+
+TEST_CASE("daemon: without --foreground it detaches and answers on the socket", "[daemon]") {
+  TempDir dir;
+  const auto home = dir.path() / "home";
+  const std::string socket = (dir.path() / "d.sock").string();
+  ChildProcess starter;
+  REQUIRE(starter.Start({AGENTMESHD_BIN, "--home", home.string(), "--socket", socket},
+                        dir.path() / "starter.log"));
+  auto line = starter.WaitForLine("agentmeshd started", 30s);
+  INFO(ReadAll(dir.path() / "starter.log"));
+  REQUIRE(line.has_value());
+  CHECK(starter.Signal(0, true, 10s) == 0);
+  RpcClient rpc;
+  REQUIRE(rpc.Connect(socket));
+  json ping = rpc.Call("ping");
+  const pid_t pid = ping["pid"].get<int>();
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() { ::kill(pid, SIGKILL); }
+  } reaper{pid};
+  CHECK(pid != starter.pid());
+  // A second start is refused while it runs.
+  ChildProcess second;
+  REQUIRE(second.Start({AGENTMESHD_BIN, "--home", home.string(), "--socket", socket},
+                       dir.path() / "second.log"));
+  CHECK(second.Signal(0, true, 10s) != 0);
+  CHECK(rpc.Call("daemon.stop")["stopping"] == true);
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (::kill(pid, 0) == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  CHECK(::kill(pid, 0) != 0);
+  CHECK_FALSE(std::filesystem::exists(socket));
+  CHECK(ReadAll(home / "logs" / "agentmeshd.log").find("stopped") != std::string::npos);
+}
+
+TEST_CASE("daemon: bad RPC input gets the documented errors and the daemon keeps answering",
+          "[daemon]") {
+  TempDir dir;
+  DaemonProcess d(dir.path() / "home", "http://127.0.0.1:9", "ws://127.0.0.1:9/v1/connect");
+  d.Start();
+  auto& rpc = d.rpc;
+  auto raw = [&](const std::string& text) {
+    REQUIRE(rpc.WriteRaw(text));
+    auto line = rpc.ReadLine();
+    REQUIRE(line.has_value());
+    return json::parse(*line);
+  };
+  json r = raw("this is not json\n");
+  CHECK(r["error"]["code"] == -32700);
+  CHECK(r["error"]["data"]["code"] == "parse_error");
+  CHECK(r["id"].is_null());
+  r = raw("[1,2]\n");
+  CHECK(r["error"]["code"] == -32600);
+  r = raw(R"({"id":7,"method":"ping"})"
+          "\n");
+  CHECK(r["error"]["code"] == -32600);
+  CHECK(r["id"] == 7);
+  r = raw(R"({"jsonrpc":"2.0","id":8,"method":"no.such"})"
+          "\n");
+  CHECK(r["error"]["code"] == -32601);
+  CHECK(r["error"]["data"]["code"] == "method_not_found");
+  r = raw(R"({"jsonrpc":"2.0","id":9,"method":"ping","params":[1]})"
+          "\n");
+  CHECK(r["error"]["code"] == -32602);
+  CHECK(r["error"]["data"]["field"] == "params");
+  r = raw(R"({"jsonrpc":"2.0","id":"s","method":"block","params":{"amid":42}})"
+          "\n");
+  CHECK(r["id"] == "s");
+  CHECK(r["error"]["code"] == -32602);
+  CHECK(r["error"]["data"]["field"] == "amid");
+  r = raw(R"({"jsonrpc":"2.0","id":10,"method":"recv","params":{"timeout_ms":"x"}})"
+          "\n");
+  CHECK(r["error"]["data"]["field"] == "timeout_ms");
+  r = raw(
+      R"({"jsonrpc":"2.0","id":11,"method":"policy.set","params":{"policy":{"rate_limit":{"knocks_per_minute":"fast"}}}})"
+      "\n");
+  CHECK(r["error"]["code"] == -32602);
+  CHECK(r["error"]["data"]["field"] == "policy.rate_limit.knocks_per_minute");
+
+  // Pipelined requests are answered in order; a notification gets no answer.
+  REQUIRE(rpc.WriteRaw(R"({"jsonrpc":"2.0","method":"ping"})"
+                       "\n"
+                       R"({"jsonrpc":"2.0","id":1,"method":"ping"})"
+                       "\n"
+                       R"({"jsonrpc":"2.0","id":2,"method":"status"})"
+                       "\n"
+                       R"({"jsonrpc":"2.0","id":3,"method":"recv","params":{"timeout_ms":300}})"
+                       "\n"
+                       R"({"jsonrpc":"2.0","id":4,"method":"ping"})"
+                       "\n"));
+  for (int id = 1; id <= 4; ++id) {
+    auto line = rpc.ReadLine();
+    REQUIRE(line.has_value());
+    CHECK(json::parse(*line)["id"] == id);
+  }
+
+  // A line over 1 MiB: -32600, then the connection is closed; the daemon still answers others.
+  std::string big = R"({"jsonrpc":"2.0","id":5,"method":"ping","params":{"x":")" +
+                    std::string(1100000, 'a') + "\"}}\n";
+  rpc.WriteRaw(big);
+  auto line = rpc.ReadLine();
+  REQUIRE(line.has_value());
+  CHECK(json::parse(*line)["error"]["code"] == -32600);
+  CHECK_FALSE(rpc.ReadLine(2s).has_value());
+  REQUIRE(rpc.Connect(d.socket()));
+  CHECK(rpc.Call("ping")["pong"] == true);
+}
+
+#ifdef AMESH_REGISTRY_BIN
+
+TEST_CASE("daemon: register and search", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice", json::array({"travel/flights", "weather"}));
+  const std::string amid = Amid(a);
+  json found = a.rpc.Call("search", {{"capability", "weather"}});
+  INFO(found.dump());
+  REQUIRE(found["results"].is_array());
+  bool seen = false;
+  for (auto& r : found["results"]) seen = seen || r["amid"] == amid;
+  CHECK(seen);
+  json looked = a.rpc.Call("lookup", {{"amid", amid}});
+  CHECK(looked["amid"] == amid);
+  // Registering again updates the capabilities (409 → capabilities).
+  a.rpc.Call("register", {{"capabilities", json::array({"chess"})}});
+  found = a.rpc.Call("search", {{"capability", "chess"}});
+  REQUIRE(found["results"].size() == 1);
+  CHECK(a.rpc.CallError("lookup", {{"amid", "1111111111111111111111111111"}})["code"] == -32602);
+}
+
+TEST_CASE("daemon: knock accepted then request and response", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel/flights"}));
+  a.rpc.Call("subscribe", json::object());
+  b.rpc.Call("subscribe",
+             {{"events", json::array({"knock.received", "knock.decided", "message.received"})}});
+  const std::string sid = OpenSession(a, b, "request_response");
+  INFO(mesh.log());
+  auto received = b.rpc.WaitEvent("knock.received");
+  REQUIRE(received.has_value());
+  CHECK((*received)["session_id"] == sid);
+  auto decided = b.rpc.WaitEvent("knock.decided");
+  REQUIRE(decided.has_value());
+  CHECK((*decided)["decision"] == "accept");
+
+  json sent = a.rpc.Call("send", {{"to", sid}, {"payload", {{"question", "TLV to LHR?"}}}});
+  CHECK(sent["sequence"] == 1);
+  CHECK((sent["delivery"] == "delivered" || sent["delivery"] == "queued"));
+  json got = b.rpc.Call("recv", {{"timeout_ms", 10000}});
+  REQUIRE(got["messages"].size() == 1);
+  json m = got["messages"][0];
+  CHECK(m["session_id"] == sid);
+  CHECK(m["type"] == "request");
+  CHECK(m["sequence"] == 1);
+  CHECK(m["payload"]["question"] == "TLV to LHR?");
+  CHECK(m["from"] == Amid(a));
+  // recv removed it from the inbox.
+  CHECK(b.rpc.Call("recv", json::object())["messages"].empty());
+
+  b.rpc.Call("reply", {{"session_id", sid}, {"payload", {{"answer", "BA 164"}}}});
+  json resp = a.rpc.Call("recv", {{"session_id", sid}, {"timeout_ms", 10000}});
+  REQUIRE(resp["messages"].size() == 1);
+  CHECK(resp["messages"][0]["type"] == "response");
+  CHECK(resp["messages"][0]["payload"]["answer"] == "BA 164");
+  // request_response: closed on both sides after the response.
+  json sessions = a.rpc.Call("sessions", {{"state", "closed"}});
+  bool closed = false;
+  for (auto& s : sessions["sessions"]) closed = closed || s["session_id"] == sid;
+  CHECK(closed);
+  CHECK(a.rpc.CallError("send", {{"to", sid}, {"payload", json::object()}})["code"] == -32002);
+
+  // send AMID --intent … with wait_ms: knocks, sends, returns the response.
+  REQUIRE(a.rpc.WriteRaw(json({{"jsonrpc", "2.0"},
+                               {"id", 900},
+                               {"method", "send"},
+                               {"params",
+                                {{"to", Amid(b)},
+                                 {"intent", "travel/hotels"},
+                                 {"payload", {{"q", 2}}},
+                                 {"wait_ms", 20000}}}})
+                             .dump() +
+                         "\n"));
+  json req = b.rpc.Call("recv", {{"timeout_ms", 10000}});
+  REQUIRE(req["messages"].size() == 1);
+  b.rpc.Call("reply", {{"session_id", req["messages"][0]["session_id"]}, {"payload", {{"a", 2}}}});
+  json waited = a.rpc.ReadResponse(900);
+  INFO(waited.dump());
+  REQUIRE(waited.contains("result"));
+  CHECK(waited["result"]["response"]["payload"]["a"] == 2);
+  // The conversation session is cached: the next send to the AMID reuses it.
+  json again = a.rpc.Call("send", {{"to", Amid(b)}, {"intent", "travel"}, {"payload", {{"q", 3}}}});
+  CHECK(again["session_id"] == waited["result"]["session_id"]);
+  CHECK(again["sequence"] == 2);
+
+  // audit: the last events, oldest first, never a payload.
+  json events = b.rpc.Call("audit", {{"limit", 3}})["events"];
+  CHECK(events.size() == 3);
+  CHECK(b.rpc.Call("audit", {{"since", "2000-01-01T00:00:00Z"},
+                             {"limit", 1}})["events"][0]["event"] == "identity.created");
+  CHECK(ReadAll(mesh.dir() / "bob" / "logs" / "audit.jsonl").find("TLV to LHR") ==
+        std::string::npos);
+  // No transcripts unless store_transcripts is on.
+  CHECK(b.rpc.Call("transcript", {{"session_id", sid}})["messages"].empty());
+
+  const auto audit = mesh.dir() / "bob" / "logs" / "audit.jsonl";
+  CHECK(CountLines(audit, "\"knock.decided\"") == 2);
+  CHECK(CountLines(audit, "\"message.received\"") >= 3);
+}
+
+TEST_CASE("daemon: knock rejected - blocked or intent_not_accepted or not_in_allowlist or paused",
+          "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string a_amid = Amid(a);
+  auto knock_error = [&](const std::string& intent) {
+    json e = a.rpc.CallError("knock", {{"amid", Amid(b)}, {"intent", intent}});
+    INFO(e.dump() << mesh.log());
+    CHECK(e["code"] == -32011);
+    return e["data"]["reason"].get<std::string>();
+  };
+  json blocked = b.rpc.Call("block", {{"amid", a_amid}});
+  CHECK(blocked["blocklist"] == json::array({a_amid}));
+  CHECK(knock_error("travel") == "blocked");
+  b.rpc.Call("unblock", {{"amid", a_amid}});
+
+  b.rpc.Call("policy.set", {{"policy", {{"accepted_intents", json::array({"weather"})}}}});
+  CHECK(knock_error("travel") == "intent_not_accepted");
+  b.rpc.Call("policy.set", {{"policy", {{"strict_mode", true}}}});
+  CHECK(knock_error("travel") == "not_in_allowlist");
+  b.rpc.Call("allow", {{"amid", a_amid}});
+  b.rpc.Call("pause");
+  CHECK(knock_error("travel") == "paused");
+  b.rpc.Call("resume");
+  CHECK(a.rpc.Call("knock", {{"amid", Amid(b)}, {"intent", "travel"}})["state"] == "active");
+
+  // policy.test is a dry run with a trace.
+  json t = b.rpc.Call("policy.test", {{"knock", {{"from", a_amid}, {"intent", "travel"}}},
+                                      {"context", {{"paused", true}}}});
+  CHECK(t["decision"] == "reject");
+  CHECK(t["reason"] == "paused");
+  CHECK(t["trace"][0]["rule"] == "paused");
+  CHECK(t["trace"][0]["outcome"] == "fail");
+
+  // The registry's tier (anonymous) and reputation (unrated = 0.5) decide, not the KNOCK's hints.
+  b.rpc.Call("policy.set", {{"policy", {{"accept_tiers", json::array({"verified"})}}}});
+  CHECK(knock_error("travel") == "insufficient_trust");
+  b.rpc.Call("policy.set", {{"policy", {{"min_reputation", 0.9}}}});
+  CHECK(knock_error("travel") == "low_reputation");
+  b.rpc.Call("policy.set", {{"policy", {{"max_concurrent_sessions", 1}}}});
+  CHECK(knock_error("travel") == "at_capacity");
+  b.rpc.Call("policy.set", {{"policy", {{"rate_limit", {{"knocks_per_minute", 1}}}}}});
+  CHECK(a.rpc.Call("knock", {{"amid", Amid(b)}, {"intent", "travel"}})["state"] == "active");
+  json limited = a.rpc.CallError("knock", {{"amid", Amid(b)}, {"intent", "travel"}});
+  INFO(limited.dump());
+  CHECK(limited["data"]["reason"] == "rate_limited");
+  CHECK(limited["data"]["retry_after_seconds"].get<int>() >= 1);
+
+  auto rejected = b.rpc.Call("sessions", {{"state", "rejected"}});
+  CHECK(rejected["sessions"].size() == 8);
+  CHECK(CountLines(mesh.dir() / "bob" / "logs" / "audit.jsonl", "\"decision\":\"reject\"") == 8);
+}
+
+TEST_CASE("daemon: offline delivery - receiver down then up", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string sid = OpenSession(a, b, "conversation");
+  CHECK(b.Terminate() == 0);
+  for (int i = 1; i <= 5; ++i) {
+    json r = a.rpc.Call("send", {{"to", sid}, {"payload", {{"n", i}}}});
+    CHECK(r["delivery"] == "queued");
+  }
+  b.Start();
+  json got = RecvAll(b, 5, 20s);
+  INFO(mesh.log());
+  REQUIRE(got.size() == 5);
+  for (int i = 0; i < 5; ++i) CHECK(got[i]["payload"]["n"] == i + 1);
+  // And a's messages sent while the relay link of a is down wait in a's outbox.
+  CHECK(a.Terminate() == 0);
+  a.Start();
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"n", 6}}}});
+  got = RecvAll(b, 1, 20s);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["sequence"] == 6);
+}
+
+TEST_CASE(
+    "daemon: kill -9 of the receiver during a 1000-message stream loses and duplicates "
+    "nothing",
+    "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"stream"}));
+  b.rpc.Call("policy.set", {{"policy", {{"default_constraints", {{"max_messages", 100000}}}}}});
+  const std::string sid = OpenSession(a, b, "stream", "x-test");
+  constexpr int kCount = 1000;
+  std::string batch;
+  for (int i = 1; i <= kCount; ++i) {
+    batch +=
+        json({{"jsonrpc", "2.0"},
+              {"id", 10000 + i},
+              {"method", "send"},
+              {"params", {{"to", sid}, {"payload", {{"i", i}, {"pad", std::string(64, 'p')}}}}}})
+            .dump() +
+        "\n";
+  }
+  std::atomic<bool> written{false};
+  std::thread writer([&] {
+    a.rpc.WriteRaw(batch);
+    written = true;
+  });
+  // Kill the receiver once it has taken part of the stream.
+  const auto audit = b.home() / "logs" / "audit.jsonl";
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (CountLines(audit, "message.received") < 150 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(2ms);
+  }
+  const std::size_t at_kill = CountLines(audit, "message.received");
+  b.Kill9();
+  writer.join();
+  CHECK(at_kill >= 150);
+  CHECK(at_kill < static_cast<std::size_t>(kCount));
+  for (int i = 1; i <= kCount; ++i) {
+    json r = a.rpc.ReadResponse(10000 + i, 60s);
+    INFO(r.dump());
+    REQUIRE(r.contains("result"));
+  }
+  b.Start();
+  json got = RecvAll(b, kCount, 120s);
+  INFO(mesh.log().substr(0, 20000));
+  REQUIRE(got.size() == static_cast<std::size_t>(kCount));
+  for (int i = 0; i < kCount; ++i) {
+    REQUIRE(got[i]["sequence"] == i + 1);
+    REQUIRE(got[i]["payload"]["i"] == i + 1);
+  }
+  std::this_thread::sleep_for(500ms);
+  CHECK(b.rpc.Call("recv", {{"limit", 10000}})["messages"].empty());
+}
+
+TEST_CASE("daemon: kill -9 of the sender during a stream loses no acknowledged message",
+          "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"stream"}));
+  // Unsigned envelopes (negotiated off on both sides): the AEAD alone authenticates.
+  b.rpc.Call("policy.set",
+             {{"policy",
+               {{"default_constraints", {{"max_messages", 100000}, {"signed_messages", false}}}}}});
+  const std::string sid = OpenSession(a, b, "stream", "x-test", {{"signed_messages", false}});
+  CHECK(a.rpc.Call("sessions",
+                   {{"state", "active"}})["sessions"][0]["constraints"]["signed_messages"] ==
+        false);
+  constexpr int kCount = 1000;
+  std::string batch;
+  for (int i = 1; i <= kCount; ++i) {
+    batch += json({{"jsonrpc", "2.0"},
+                   {"id", i},
+                   {"method", "send"},
+                   {"params", {{"to", sid}, {"payload", {{"i", i}}}}}})
+                 .dump() +
+             "\n";
+  }
+  std::thread writer([&] { a.rpc.WriteRaw(batch); });
+  // Read answers until 300 sends are acknowledged, then kill the sender.
+  int acknowledged = 0;
+  while (acknowledged < 300) {
+    json r = a.rpc.ReadResponse(acknowledged + 1, 30s);
+    REQUIRE(r.contains("result"));
+    ++acknowledged;
+  }
+  a.Kill9();
+  writer.join();
+  a.Start();
+  REQUIRE(a.WaitRelay());
+  json got = RecvAll(b, kCount, 15s);
+  INFO(mesh.log().substr(0, 20000));
+  REQUIRE(got.size() >= static_cast<std::size_t>(acknowledged));
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    REQUIRE(got[i]["sequence"] == i + 1);
+    REQUIRE(got[i]["payload"]["i"] == i + 1);
+  }
+  // The session goes on after the restart.
+  json next = a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", -1}}}});
+  CHECK(next["sequence"] == got.size() + 1);
+  json last = RecvAll(b, 1, 10s);
+  REQUIRE(last.size() == 1);
+  CHECK(last[0]["payload"]["i"] == -1);
+}
+
+TEST_CASE("daemon: one-time prekeys are replenished below 20", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  b.rpc.Call("policy.set", {{"policy", {{"rate_limit", {{"knocks_per_minute", 10000}}}}}});
+  auto remaining = [&] {
+    return a.rpc.Call("lookup", {{"amid", Amid(b)}})["one_time_prekeys_remaining"].get<int>();
+  };
+  CHECK(remaining() == 100);
+  for (int i = 0; i < 90; ++i) {
+    json r = a.rpc.CallRaw("knock", {{"amid", Amid(b)}, {"intent", "travel"}});
+    INFO(r.dump());
+    REQUIRE(r.contains("result"));
+  }
+  std::this_thread::sleep_for(500ms);
+  const int left = remaining();
+  INFO(mesh.log().substr(0, 5000));
+  CHECK(left >= 80);
+  CHECK(left <= 100);
+}
+
+TEST_CASE("daemon: payload schemas are checked per schema_validation mode", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");  // default mode: warn
+  auto& b = mesh.Agent("bob", json::array({"travel"}), json{{"schema_validation", "strict"}});
+  const std::string sid = OpenSession(a, b, "conversation");
+  const json bad = {
+      {"schema", "agentmesh/travel/flight-results/v1"},
+      {"status", "success"},
+      {"results", json::array({{{"flight", "LH1"}, {"price", -5}, {"currency", "USD"}}})}};
+  const json good = {
+      {"schema", "agentmesh/travel/flight-results/v1"},
+      {"status", "success"},
+      {"results", json::array({{{"flight", "LH1"}, {"price", 5}, {"currency", "USD"}}})}};
+  // warn (a): sent anyway and audited; strict (b): not delivered, the sender gets an error.
+  a.rpc.Call("send", {{"to", sid}, {"payload", bad}});
+  json err = a.rpc.Call("recv", {{"session_id", sid}, {"timeout_ms", 10000}});
+  INFO(mesh.log().substr(0, 5000));
+  REQUIRE(err["messages"].size() == 1);
+  CHECK(err["messages"][0]["type"] == "error");
+  CHECK(err["messages"][0]["payload"]["code"] == "SCHEMA_VALIDATION_FAILED");
+  CHECK(CountLines(a.home() / "logs" / "audit.jsonl", "schema.invalid") == 1);
+  CHECK(CountLines(b.home() / "logs" / "audit.jsonl", "schema.invalid") == 1);
+  a.rpc.Call("send", {{"to", sid}, {"payload", good}});
+  json in = b.rpc.Call("recv", {{"timeout_ms", 10000}});
+  REQUIRE(in["messages"].size() == 1);
+  CHECK(in["messages"][0]["payload"] == good);
+  // strict (b) refuses to send a violating payload, naming the field.
+  json refused = b.rpc.CallError("reply", {{"session_id", sid}, {"payload", bad}});
+  CHECK(refused["code"] == -32602);
+  CHECK(refused["data"]["field"].get<std::string>().starts_with("payload.results"));
+  // Payloads naming no schema, or a custom one, are not checked.
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"schema", "x-acme/thing/v1"}, {"n", 1}}}});
+  CHECK(RecvAll(b, 1, 10s).size() == 1);
+}
+
+TEST_CASE("daemon: constraint breach closes the session", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  b.rpc.Call("policy.set",
+             {{"policy",
+               {{"default_constraints", {{"max_messages", 3}, {"max_message_size_bytes", 600}}}}}});
+  b.rpc.Call("subscribe", {{"events", json::array({"session.closed"})}});
+  const std::string sid = OpenSession(a, b, "conversation");
+  json big = a.rpc.CallError("send", {{"to", sid}, {"payload", {{"x", std::string(1000, 'x')}}}});
+  CHECK(big["code"] == -32005);
+  for (int i = 0; i < 3; ++i) a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", i}}}});
+  json over = a.rpc.CallError("send", {{"to", sid}, {"payload", {{"i", 4}}}});
+  CHECK(over["code"] == -32005);
+  auto closed = b.rpc.WaitEvent("session.closed", 10s);
+  INFO(mesh.log());
+  REQUIRE(closed.has_value());
+  CHECK((*closed)["session_id"] == sid);
+  CHECK(RecvAll(b, 3, 10s).size() == 3);
+}
+
+TEST_CASE("daemon: circuit breakers - kill shutdown block emergency_stop", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  const auto marker = mesh.dir() / "stopped.txt";
+  auto& b = mesh.Agent(
+      "bob", json::array({"travel"}),
+      json{{"stop_command", json::array({"/bin/sh", "-c", "echo stopped > " + marker.string()})}});
+  std::string s1 = OpenSession(a, b, "conversation");
+  json killed = b.rpc.Call("kill", {{"session_id", s1}});
+  CHECK(killed["state"] == "killed");
+  CHECK(b.rpc.CallError("kill", {{"session_id", s1}})["code"] == -32002);
+  CHECK(b.rpc.CallError("kill", {{"session_id", "3b241101-e2bb-4255-8caf-4136c566a962"}})["code"] ==
+        -32001);
+
+  std::string s2 = OpenSession(a, b, "conversation");
+  json shut = b.rpc.Call("shutdown");
+  CHECK(shut["sessions_closed"] == 1);
+  CHECK(shut["paused"] == true);
+  CHECK(a.rpc.CallError("knock", {{"amid", Amid(b)}, {"intent", "travel"}})["data"]["reason"] ==
+        "paused");
+  b.rpc.Call("resume");
+
+  std::string s3 = OpenSession(a, b, "conversation");
+  json blocked = b.rpc.Call("block", {{"amid", Amid(a)}});
+  CHECK(blocked["sessions_killed"] == 1);
+  b.rpc.Call("unblock", {{"amid", Amid(a)}});
+
+  std::string s4 = OpenSession(a, b, "conversation");
+  json es = b.rpc.Call("emergency_stop");
+  CHECK(es["sessions_killed"] == 1);
+  CHECK(es["stop_command"]["ran"] == true);
+  CHECK(es["stop_command"]["exit_status"] == 0);
+  CHECK(ReadAll(marker) == "stopped\n");
+  CHECK(b.rpc.Call("status")["paused"] == true);
+  const auto audit = mesh.dir() / "bob" / "logs" / "audit.jsonl";
+  CHECK(CountLines(audit, "\"circuit_breaker\"") >= 4);
+}
+
+TEST_CASE("daemon: policy reload on SIGHUP and on file change", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  WritePolicy(b, {{"blocklist", json::array({Amid(a)})}});
+  b.Hup();
+  std::this_thread::sleep_for(300ms);
+  json e = a.rpc.CallError("knock", {{"amid", Amid(b)}, {"intent", "travel"}});
+  CHECK(e["data"]["reason"] == "blocked");
+  CHECK(b.rpc.Call("policy.get")["policy"]["blocklist"] == json::array({Amid(a)}));
+  // An invalid file keeps the running policy.
+  std::ofstream(b.home() / "policy.json") << R"({"min_reputation": "high"})";
+  b.Hup();
+  std::this_thread::sleep_for(300ms);
+  CHECK(b.rpc.Call("policy.get")["policy"]["blocklist"] == json::array({Amid(a)}));
+  // Edited without a signal: picked up within a couple of seconds.
+  WritePolicy(b, json::object());
+  std::this_thread::sleep_for(2500ms);
+  CHECK(b.rpc.Call("policy.get")["policy"]["blocklist"].empty());
+  CHECK(a.rpc.Call("knock", {{"amid", Amid(b)}, {"intent", "travel"}})["state"] == "active");
+}
+
+TEST_CASE("daemon: payload plaintext never reaches the relay store or the daemon database",
+          "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string sid = OpenSession(a, b, "conversation");
+  const std::string marker = "MARKER-7c1e0f-PLAINTEXT";
+  CHECK(b.Terminate() == 0);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(a.rpc.Call("send", {{"to", sid}, {"payload", {{"secret", marker}}}})["delivery"] ==
+          "queued");
+  }
+  // Queued in the relay's store now.
+  for (const char* f : {"relay.db", "relay.db-wal"}) {
+    INFO(f);
+    CHECK(ReadAll(mesh.dir() / f).find(marker) == std::string::npos);
+  }
+  WritePolicy(b, {{"store_transcripts", true}});
+  b.Start();
+  json got = RecvAll(b, 3, 20s);
+  REQUIRE(got.size() == 3);
+  CHECK(got[0]["payload"]["secret"] == marker);
+  // Transcripts are sealed too: readable through the daemon only.
+  json transcript = b.rpc.Call("transcript", {{"session_id", sid}})["messages"];
+  REQUIRE(transcript.size() == 3);
+  CHECK(transcript[0]["direction"] == "in");
+  CHECK(transcript[0]["envelope"]["payload"]["secret"] == marker);
+  CHECK(transcript[0]["envelope"]["signature"].is_string());
+  for (const auto* home : {"alice", "bob"}) {
+    for (const char* f : {"agentmesh.db", "agentmesh.db-wal"}) {
+      INFO(home << "/" << f);
+      CHECK(ReadAll(mesh.dir() / home / f).find(marker) == std::string::npos);
+    }
+  }
+}
+
+#endif  // AMESH_REGISTRY_BIN

@@ -1,0 +1,48 @@
+// Unit checks of the daemon's method table and error mapping (no processes).
+#include <catch2/catch.hpp>
+#include <set>
+#include <string>
+
+#include "methods.hpp"
+#include "rpc_server.hpp"
+
+using namespace agentmesh;
+using namespace agentmesh::daemon;
+
+TEST_CASE("daemon method table is sorted and unique and complete", "[daemon][unit]") {
+  auto table = MethodTable();
+  REQUIRE(table.size() >= 29);
+  for (std::size_t i = 1; i < table.size(); ++i) CHECK(table[i - 1].name < table[i].name);
+  for (const char* name :
+       {"allow",      "audit",      "block",       "close",    "daemon.stop", "emergency_stop",
+        "init",       "kill",       "knock",       "lookup",   "pause",       "ping",
+        "policy.get", "policy.set", "policy.test", "recv",     "register",    "reply",
+        "resume",     "search",     "send",        "sessions", "shutdown",    "status",
+        "subscribe",  "unblock",    "unsubscribe", "whoami"}) {
+    INFO(name);
+    CHECK(FindMethod(name) != nullptr);
+  }
+  CHECK(FindMethod("nope") == nullptr);
+  CHECK(FindMethod("") == nullptr);
+}
+
+TEST_CASE("daemon maps every core error code to its RPC code", "[daemon][unit]") {
+  const std::pair<Code, int> cases[] = {{Code::kInvalidArgument, -32602},
+                                        {Code::kNotFound, -32001},
+                                        {Code::kConflict, -32002},
+                                        {Code::kAuthFailed, -32003},
+                                        {Code::kReplay, -32004},
+                                        {Code::kLimitExceeded, -32005},
+                                        {Code::kPermissionDenied, -32006},
+                                        {Code::kUnavailable, -32007},
+                                        {Code::kTimeout, -32008},
+                                        {Code::kCorrupt, -32009},
+                                        {Code::kIo, -32010},
+                                        {Code::kInternal, -32603}};
+  for (auto [code, rpc] : cases) {
+    const RpcError e = ToRpcError(Error{code, "m", "f"});
+    CHECK(e.code == rpc);
+    CHECK(e.name == CodeName(code));
+    CHECK(e.data["field"] == "f");
+  }
+}
