@@ -385,16 +385,21 @@ void Deliver(Daemon& d, LiveSession& s, const Envelope& env, const std::string& 
                                {"peer", row.from},
                                {"sequence", row.sequence},
                                {"type", type}});
+  // The message is nested: the event's own "type" member names the event.
   d.Emit("message.received",
          {{"id", row.relay_id},
           {"session_id", row.session_id},
           {"from", row.from},
-          {"to", row.to},
-          {"sequence", row.sequence},
-          {"type", type},
-          {"timestamp", row.timestamp},
-          {"payload", env.payload},
-          {"received_at", FormatRfc3339Z(now / kNanosPerMilli * kNanosPerMilli)}});
+          {"message",
+           {{"id", row.relay_id},
+            {"session_id", row.session_id},
+            {"from", row.from},
+            {"to", row.to},
+            {"sequence", row.sequence},
+            {"type", type},
+            {"timestamp", row.timestamp},
+            {"payload", env.payload},
+            {"received_at", FormatRfc3339Z(now / kNanosPerMilli * kNanosPerMilli)}}}});
   if (s.row.type == "request_response" && s.row.role == "initiator" &&
       (env.type == EnvelopeType::kResponse || env.type == EnvelopeType::kError)) {
     d.EndSession(s, "closed", "completed", false);

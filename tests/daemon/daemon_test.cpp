@@ -354,6 +354,12 @@ TEST_CASE("daemon: knock accepted then request and response", "[daemon]") {
   json sent = a.rpc.Call("send", {{"to", sid}, {"payload", {{"question", "TLV to LHR?"}}}});
   CHECK(sent["sequence"] == 1);
   CHECK((sent["delivery"] == "delivered" || sent["delivery"] == "queued"));
+  auto event = b.rpc.WaitEvent("message.received");
+  REQUIRE(event.has_value());
+  CHECK((*event)["type"] == "message.received");
+  CHECK((*event)["session_id"] == sid);
+  CHECK((*event)["message"]["type"] == "request");
+  CHECK((*event)["message"]["payload"]["question"] == "TLV to LHR?");
   json got = b.rpc.Call("recv", {{"timeout_ms", 10000}});
   REQUIRE(got["messages"].size() == 1);
   json m = got["messages"][0];
