@@ -105,13 +105,14 @@ Result<Envelope> BuildEnvelope(const EnvelopeParams& params, const Ed25519KeyPai
   tail += '}';
 
   std::optional<Signature> signature;
+  std::string sig_text;
   std::string text;
   if (signer != nullptr) {
     std::string input;
     input.reserve(head.size() + tail.size());
     input.append(head).append(tail);
     signature = Sign(signer->secret, AsBytes(input));
-    const std::string sig_text = FormatSignature(*signature);
+    sig_text = FormatSignature(*signature);
     text.reserve(input.size() + sig_text.size() + 16);
     text.append(head).append(",\"signature\":\"").append(sig_text).append("\"").append(tail);
   } else {
@@ -128,7 +129,7 @@ Result<Envelope> BuildEnvelope(const EnvelopeParams& params, const Ed25519KeyPai
       {"session_id", params.session_id}, {"sequence", params.sequence}, {"from", params.from.str()},
       {"to", params.to.str()},           {"type", type_name},           {"timestamp", timestamp},
       {"payload", params.payload}};
-  if (signature) object["signature"] = FormatSignature(*signature);
+  if (signature) object["signature"] = std::move(sig_text);
   const std::size_t size = text.size();
   return Envelope{.session_id = params.session_id,
                   .sequence = params.sequence,
