@@ -767,28 +767,6 @@ class SqliteStore final : public RegistryStore {
 
 }  // namespace
 
-std::string_view ToString(Presence presence) noexcept {
-  switch (presence) {
-    case Presence::kOnline:
-      return "online";
-    case Presence::kAway:
-      return "away";
-    case Presence::kOffline:
-      return "offline";
-    case Presence::kDnd:
-      return "dnd";
-  }
-  return "offline";
-}
-
-Result<Presence> PresenceFromName(std::string_view name) {
-  if (name == "online") return Presence::kOnline;
-  if (name == "away") return Presence::kAway;
-  if (name == "offline") return Presence::kOffline;
-  if (name == "dnd") return Presence::kDnd;
-  return Fail(Code::kInvalidArgument, "must be online, away, offline or dnd");
-}
-
 Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions& options) {
   storage::OpenOptions open;
   open.synchronous =
@@ -809,21 +787,6 @@ Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions&
   }
   return std::unique_ptr<RegistryStore>(
       new SqliteStore(std::make_unique<Conn>(std::move(*writer)), std::move(readers)));
-}
-
-Result<std::unique_ptr<RegistryStore>> OpenStore(const std::string& url) {
-  if (url.starts_with("sqlite:")) {
-    SqliteStoreOptions options;
-    options.path = url.substr(7);
-    if (options.path.starts_with("//")) options.path = options.path.substr(2);
-    if (options.path.empty()) return Fail(Code::kInvalidArgument, "sqlite: needs a path", "db");
-    return OpenSqliteStore(options);
-  }
-  if (url.starts_with("postgresql://") || url.starts_with("postgres://")) {
-    return Fail(Code::kUnavailable, "the PostgreSQL backend is not built into this program yet",
-                "db");
-  }
-  return Fail(Code::kInvalidArgument, "must be sqlite:PATH or postgresql://...", "db");
 }
 
 }  // namespace agentmesh::registry
