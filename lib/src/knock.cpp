@@ -283,42 +283,63 @@ Result<Knock> ParseKnockObject(const json& object) {
                .object = object};
 }
 
-Result<Accept> ParseAcceptObject(const json& object) {
-  if (!object.is_object()) return Invalid("", "ACCEPT must be a JSON object");
-  if (auto r = detail::ExpectType(object, "accept"); !r) return Propagate(r);
+// The members ACCEPT and REJECT share: the frame checks, who answers whom for which session,
+// and the signed timestamp. The kind-specific members are parsed between the two calls, so an
+// error names the first bad member in document order of the spec's field list.
+struct AnswerHead {
+  std::string session_id;
+  Amid from;
+  Amid to;
+};
+
+struct AnswerTail {
+  UnixNanos timestamp = 0;
+  Signature signature;
+};
+
+Result<AnswerHead> ParseAnswerHead(const json& object, std::string_view type,
+                                   std::string_view what) {
+  if (!object.is_object()) return Invalid("", fmt::format("{} must be a JSON object", what));
+  if (auto r = detail::ExpectType(object, type); !r) return Propagate(r);
   auto session_id = detail::GetSessionId(object, "session_id");
   if (!session_id) return Propagate(session_id);
   auto from = detail::GetAmid(object, "from", "");
   if (!from) return Propagate(from);
   auto to = detail::GetAmid(object, "to", "");
   if (!to) return Propagate(to);
-  auto capabilities = ParseCapabilities(object);
-  if (!capabilities) return Propagate(capabilities);
-  auto constraints = ParseConstraints(object);
-  if (!constraints) return Propagate(constraints);
+  return AnswerHead{std::move(*session_id), std::move(*from), std::move(*to)};
+}
+
+Result<AnswerTail> ParseAnswerTail(const json& object) {
   auto timestamp = detail::GetTimestamp(object, "timestamp");
   if (!timestamp) return Propagate(timestamp);
   auto signature = detail::GetSignatureMember(object, true);
   if (!signature) return Propagate(signature);
-  return Accept{.session_id = std::move(*session_id),
-                .from = std::move(*from),
-                .to = std::move(*to),
+  return AnswerTail{*timestamp, **signature};
+}
+
+Result<Accept> ParseAcceptObject(const json& object) {
+  auto head = ParseAnswerHead(object, "accept", "ACCEPT");
+  if (!head) return Propagate(head);
+  auto capabilities = ParseCapabilities(object);
+  if (!capabilities) return Propagate(capabilities);
+  auto constraints = ParseConstraints(object);
+  if (!constraints) return Propagate(constraints);
+  auto tail = ParseAnswerTail(object);
+  if (!tail) return Propagate(tail);
+  return Accept{.session_id = std::move(head->session_id),
+                .from = std::move(head->from),
+                .to = std::move(head->to),
                 .capabilities = std::move(*capabilities),
                 .constraints = *constraints,
-                .timestamp = *timestamp,
-                .signature = **signature,
+                .timestamp = tail->timestamp,
+                .signature = tail->signature,
                 .object = object};
 }
 
 Result<Reject> ParseRejectObject(const json& object) {
-  if (!object.is_object()) return Invalid("", "REJECT must be a JSON object");
-  if (auto r = detail::ExpectType(object, "reject"); !r) return Propagate(r);
-  auto session_id = detail::GetSessionId(object, "session_id");
-  if (!session_id) return Propagate(session_id);
-  auto from = detail::GetAmid(object, "from", "");
-  if (!from) return Propagate(from);
-  auto to = detail::GetAmid(object, "to", "");
-  if (!to) return Propagate(to);
+  auto head = ParseAnswerHead(object, "reject", "REJECT");
+  if (!head) return Propagate(head);
   auto reason_text = detail::GetString(object, "reason", "");
   if (!reason_text) return Propagate(reason_text);
   auto reason = ParseRejectReason(*reason_text);
@@ -328,20 +349,18 @@ Result<Reject> ParseRejectObject(const json& object) {
   auto retry =
       detail::GetInteger(object, "retry_after_seconds", "", false, 0, kMaxRetryAfterSeconds);
   if (!retry) return Propagate(retry);
-  auto timestamp = detail::GetTimestamp(object, "timestamp");
-  if (!timestamp) return Propagate(timestamp);
-  auto signature = detail::GetSignatureMember(object, true);
-  if (!signature) return Propagate(signature);
+  auto tail = ParseAnswerTail(object);
+  if (!tail) return Propagate(tail);
   std::optional<std::uint32_t> retry_after;
   if (*retry) retry_after = static_cast<std::uint32_t>(**retry);
-  return Reject{.session_id = std::move(*session_id),
-                .from = std::move(*from),
-                .to = std::move(*to),
+  return Reject{.session_id = std::move(head->session_id),
+                .from = std::move(head->from),
+                .to = std::move(head->to),
                 .reason = *reason,
                 .human_readable = std::move(*human),
                 .retry_after_seconds = retry_after,
-                .timestamp = *timestamp,
-                .signature = **signature,
+                .timestamp = tail->timestamp,
+                .signature = tail->signature,
                 .object = object};
 }
 
