@@ -3,6 +3,7 @@
 // the recording is decoded (client frames unmasked), and a marker sent in payloads must not be in
 // any of them, while the frames that carried those messages are.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
