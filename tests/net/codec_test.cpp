@@ -1,6 +1,7 @@
 // WsCodec: framing, reassembly, limits and validation, without sockets.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -180,6 +181,9 @@ TEST_CASE("codec: protocol violations are reported with the right close code", "
       {"unknown opcode", RawFrame(true, 0x3, "x", true), 1002},
       {"continuation first", RawFrame(true, 0x0, "x", true), 1002},
       {"fragmented ping", RawFrame(false, 0x9, "x", true), 1002},
+      {"126-byte pong", RawFrame(true, 0xA, std::string(126, 'p'), true), 1002},
+      {"64-bit length with the top bit set",
+       Bytes{0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4}, 1002},
       {"bad UTF-8 text", RawFrame(true, 0x1, bad_utf8, true), 1007},
       {"surrogate in text", RawFrame(true, 0x1, surrogate, true), 1007},
       {"1-byte close", RawFrame(true, 0x8, "x", true), 1002},
@@ -208,6 +212,39 @@ TEST_CASE("codec: protocol violations are reported with the right close code", "
     auto r = client.Feed(RawFrame(true, 0x1, "x", true), rec);
     REQUIRE_FALSE(r);
     CHECK(r.error().close_code == 1002);
+  }
+}
+
+TEST_CASE("codec: any split of a masked stream decodes to the same messages", "[codec]") {
+  // Payload lengths around the 7-bit, 16-bit and 64-bit length forms and the 8-byte unmasking
+  // step; a ping interleaved with a fragmented message.
+  Bytes wire;
+  std::vector<std::string> want;
+  for (std::size_t len : {0, 1, 7, 8, 9, 125, 126, 127, 65535, 65536, 70001}) {
+    std::string payload(len, ' ');
+    for (std::size_t i = 0; i < len; ++i) payload[i] = static_cast<char>('a' + (i * 7 + len) % 26);
+    const Bytes f = RawFrame(true, 0x2, payload, true);
+    wire.insert(wire.end(), f.begin(), f.end());
+    want.push_back(payload);
+  }
+  for (const Bytes& f :
+       {RawFrame(false, 0x1, "frag-", true), RawFrame(true, 0x9, "pi", true),
+        RawFrame(false, 0x0, std::string(300, 'm'), true), RawFrame(true, 0x0, "-end", true)}) {
+    wire.insert(wire.end(), f.begin(), f.end());
+  }
+  want.push_back("pi");
+  want.push_back("frag-" + std::string(300, 'm') + "-end");
+  for (std::size_t step : {1, 2, 3, 5, 13, 64, 4096, 1 << 20}) {
+    INFO("chunks of " << step);
+    WsCodec server(WsRole::kServer, 80'000);
+    Recorder rec;
+    for (std::size_t at = 0; at < wire.size(); at += step) {
+      const std::size_t n = std::min(step, wire.size() - at);
+      REQUIRE(server.Feed(ByteView(wire.data() + at, n), rec));
+    }
+    std::vector<std::string> got;
+    for (const auto& e : rec.events) got.push_back(e.data);
+    CHECK(got == want);
   }
 }
 

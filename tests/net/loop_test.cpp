@@ -15,9 +15,11 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "agentmesh/core/json_scan.hpp"
 #include "agentmesh/net/client.hpp"
 #include "agentmesh/net/server.hpp"
 
@@ -588,6 +590,131 @@ TEST_CASE("loop: plain HTTP on the WebSocket port with keep-alive and a body lim
 
     REQUIRE(RunUntil(&loop, [&] { return server.connection_count() == 0; }));
     server.Stop();
+  }
+  REQUIRE(RunToEnd(&loop));
+  REQUIRE(uv_loop_close(&loop) == 0);
+}
+
+namespace {
+// Splits a raw response into status code, Content-Type and body; checks Content-Length.
+struct RawResponse {
+  int status = 0;
+  std::string content_type;
+  std::string body;
+};
+RawResponse ParseRawResponse(const std::string& raw) {
+  RawResponse r;
+  const auto head_end = raw.find("\r\n\r\n");
+  REQUIRE(head_end != std::string::npos);
+  REQUIRE(raw.rfind("HTTP/1.1 ", 0) == 0);
+  r.status = std::stoi(raw.substr(9, 3));
+  const std::string head = raw.substr(0, head_end + 2);
+  auto header = [&](const std::string& name) -> std::string {
+    const auto at = head.find("\r\n" + name + ": ");
+    if (at == std::string::npos) return {};
+    const auto from = at + 4 + name.size();
+    return head.substr(from, head.find("\r\n", from) - from);
+  };
+  r.content_type = header("Content-Type");
+  r.body = raw.substr(head_end + 4);
+  CHECK(header("Content-Length") == std::to_string(r.body.size()));
+  return r;
+}
+}  // namespace
+
+TEST_CASE("loop: every HTTP error the transport answers itself is a JSON error object", "[loop]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  {
+    ServerOptions options;
+    options.http_limits.max_body_bytes = 100;
+    options.http_limits.max_header_bytes = 1024;
+    options.websocket_path = "/ws";
+    ServerHandlers handlers;
+    handlers.on_http = [](const HttpRequest& req) -> HttpResponse {
+      if (req.path == "/throw") throw std::runtime_error("boom");
+      return HttpResponse::Text(200, "ok");
+    };
+    handlers.on_upgrade = [](const HttpRequest& req, HttpResponse&) {
+      return req.Header("x-allow").has_value();  // refused → the default reject
+    };
+    handlers.on_log = [](std::string_view) {};
+    WsServer ws(&loop, options, std::move(handlers));
+    REQUIRE(ws.Listen());
+    // No handlers at all: every plain request is a 404 made by the transport.
+    HttpServer bare(&loop, options, {});
+    REQUIRE(bare.Listen());
+
+    struct Case {
+      const char* name;
+      bool bare;
+      std::string request;
+      int status;
+      const char* error_contains;
+    };
+    const std::string upgrade_key =
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    const std::vector<Case> cases = {
+        {"garbage", false, std::string("\x16\x03\x01\x00\xA5garbage\r\n\r\n"), 400, ""},
+        {"declared body over the limit", false,
+         "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n" + std::string(101, 'x'), 413,
+         "body too large"},
+        {"body over twice the limit", false,
+         "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 250\r\n\r\n" + std::string(250, 'x'), 413,
+         "body too large"},
+        {"chunked body over the limit", false,
+         "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n" +
+             std::string(64, 'a') + "\r\n40\r\n" + std::string(64, 'b') + "\r\n0\r\n\r\n",
+         413, "body too large"},
+        {"head over the limit", false,
+         "GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(2000, 'h') + "\r\n\r\n", 431,
+         "head too large"},
+        {"too many header fields", false,
+         [] {
+           std::string r = "GET /x HTTP/1.1\r\n";
+           for (int i = 0; i < 101; ++i) r += "A:" + std::to_string(i % 10) + "\r\n";
+           return r + "\r\n";
+         }(),
+         431, "header fields"},
+        {"upgrade on another path", false,
+         "GET /other HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+             upgrade_key + "\r\n",
+         404, "not found"},
+        {"upgrade without a key", false, UpgradeRequest("Sec-WebSocket-Version: 13\r\n"), 400,
+         "Sec-WebSocket-Key"},
+        {"upgrade refused by on_upgrade", false, UpgradeRequest(), 403, "forbidden"},
+        {"handler throws", false, "GET /throw HTTP/1.1\r\nHost: x\r\n\r\n", 500, "internal"},
+        {"no handler", true, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n", 404, "not found"},
+        {"upgrade on an HTTP-only server", true, UpgradeRequest(), 400, "WebSocket"},
+    };
+    for (const auto& c : cases) {
+      INFO(c.name);
+      RawClient raw(&loop);
+      raw.Connect(c.bare ? bare.port() : ws.port());
+      REQUIRE(raw.WaitConnected());
+      raw.Write(c.request);
+      if (c.status == 404 && c.bare) {
+        REQUIRE(RunUntil(&loop, [&] { return raw.received().find("\"}") != std::string::npos; }));
+      } else {
+        REQUIRE(RunUntil(&loop, [&] { return raw.eof(); }));
+      }
+      const RawResponse r = ParseRawResponse(raw.received());
+      CHECK(r.status == c.status);
+      CHECK(r.content_type == "application/json");
+      auto obj = ScanObject(r.body);
+      REQUIRE(obj);
+      REQUIRE(obj->members().size() == 1);
+      auto error = obj->GetString("error");
+      REQUIRE(error);
+      REQUIRE(error->has_value());
+      CHECK_FALSE((*error)->empty());
+      CHECK((*error)->find(c.error_contains) != std::string::npos);
+      raw.Close();
+    }
+    REQUIRE(RunUntil(&loop,
+                     [&] { return ws.connection_count() == 0 && bare.connection_count() == 0; }));
+    ws.Stop();
+    bare.Stop();
   }
   REQUIRE(RunToEnd(&loop));
   REQUIRE(uv_loop_close(&loop) == 0);

@@ -291,18 +291,18 @@ class ServerConn final : public Link {
       } catch (const std::exception& e) {
         ++server_.stats_.handler_exceptions;
         server_.Log(std::string("on_http threw: ") + e.what());
-        response = HttpResponse::Text(500, "internal error\n");
+        response = HttpResponse::JsonError(500, "internal error");
         response_keep_alive_ = false;
       }
     } else {
-      response = HttpResponse::Text(404, "not found\n");
+      response = HttpResponse::JsonError(404, "not found");
     }
     WriteResponse(response);
   }
 
   void SendHttpError(int status, std::string_view message, bool version_header = false) {
     ++server_.stats_.http_errors;
-    HttpResponse response = HttpResponse::Text(status, std::string(message) + "\n");
+    HttpResponse response = HttpResponse::JsonError(status, message);
     if (version_header) response.headers.push_back({"Sec-WebSocket-Version", "13"});
     awaiting_response_ = true;
     response_keep_alive_ = false;
@@ -332,7 +332,7 @@ class ServerConn final : public Link {
     }
     auto& h = server_.handlers_;
     if (h.on_upgrade) {
-      HttpResponse reject = HttpResponse::Text(403, "forbidden\n");
+      HttpResponse reject = HttpResponse::JsonError(403, "forbidden");
       if (!h.on_upgrade(request, reject)) {
         ++server_.stats_.http_errors;
         awaiting_response_ = true;

@@ -1,5 +1,7 @@
 #include "agentmesh/net/types.hpp"
 
+#include "agentmesh/core/json_scan.hpp"
+
 namespace agentmesh::net {
 
 std::string PeerAddress::ToString() const {
@@ -71,6 +73,13 @@ HttpResponse HttpResponse::Json(int status, std::string body) {
   r.content_type = "application/json";
   r.body = std::move(body);
   return r;
+}
+
+HttpResponse HttpResponse::JsonError(int status, std::string_view message) {
+  std::string body = R"({"error":)";
+  AppendJsonString(body, message);
+  body += '}';
+  return Json(status, std::move(body));
 }
 
 std::string_view HttpReasonPhrase(int status) noexcept {

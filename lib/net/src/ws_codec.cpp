@@ -79,15 +79,8 @@ ssize_t WsCodec::SendCallback(const std::uint8_t* data, std::size_t len, int /*f
   return static_cast<ssize_t>(len);
 }
 
-ssize_t WsCodec::RecvCallback(std::uint8_t* buf, std::size_t len, int /*flags*/, void* user) {
-  auto* self = static_cast<WsCodec*>(user);
-  if (self->in_len_ == 0) return -1;  // wslay maps this to WSLAY_ERR_WANT_READ
-  const std::size_t n = std::min(len, self->in_len_);
-  std::memcpy(buf, self->in_, n);
-  self->in_ += n;
-  self->in_len_ -= n;
-  return static_cast<ssize_t>(n);
-}
+// Input is decoded by Feed itself; wslay's receive side is never used.
+ssize_t WsCodec::RecvCallback(std::uint8_t*, std::size_t, int, void*) { return -1; }
 
 int WsCodec::MaskCallback(std::uint8_t* buf, std::size_t len, void* user) {
   auto* self = static_cast<WsCodec*>(user);
@@ -194,72 +187,145 @@ std::expected<bool, WsViolation> WsCodec::DeliverControl(WsSink& sink) {
   }
 }
 
+namespace {
+// dst[i] = src[i] ^ key[(offset + i) % 4], eight bytes at a time (dst may equal src).
+void UnmaskCopy(std::uint8_t* dst, const std::uint8_t* src, std::size_t n,
+                const std::uint8_t key[4], std::uint64_t offset) noexcept {
+  std::uint8_t rotated[8];
+  for (std::size_t i = 0; i < 8; ++i) rotated[i] = key[(offset + i) & 3];
+  std::uint64_t k64;
+  std::memcpy(&k64, rotated, 8);
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    std::uint64_t v;
+    std::memcpy(&v, src + i, 8);
+    v ^= k64;
+    std::memcpy(dst + i, &v, 8);
+  }
+  for (; i < n; ++i) dst[i] = src[i] ^ rotated[i & 7];
+}
+
+// Bytes of the frame header implied by its first two bytes.
+std::size_t HeaderSize(std::uint8_t b1) noexcept {
+  const std::uint8_t len7 = b1 & 0x7F;
+  return 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((b1 & 0x80) != 0 ? 4 : 0);
+}
+}  // namespace
+
+std::expected<WsCodec::FeedResult, WsViolation> WsCodec::BeginFrame(const std::uint8_t* h) {
+  const bool fin = (h[0] & 0x80) != 0;
+  if ((h[0] & 0x70) != 0) return Fail(close_code::kProtocolError, "reserved bits set");
+  const auto opcode = static_cast<WsOpcode>(h[0] & 0x0F);
+  const bool masked = (h[1] & 0x80) != 0;
+  std::uint64_t len = h[1] & 0x7F;
+  std::size_t at = 2;
+  if (len == 126) {
+    len = (std::uint64_t{h[2]} << 8) | h[3];
+    at = 4;
+  } else if (len == 127) {
+    len = 0;
+    for (int i = 0; i < 8; ++i) len = (len << 8) | h[2 + i];
+    at = 10;
+    if ((len >> 63) != 0) return Fail(close_code::kProtocolError, "malformed frame header");
+  }
+  const bool want_mask = role_ == WsRole::kServer;
+  if (masked != want_mask) {
+    return Fail(close_code::kProtocolError,
+                want_mask ? "client frame is not masked" : "server frame is masked");
+  }
+  if (masked) std::memcpy(mask_key_, h + at, 4);
+  frame_masked_ = masked;
+  switch (opcode) {
+    case WsOpcode::kContinuation:
+      if (!in_message_) return Fail(close_code::kProtocolError, "unexpected continuation");
+      break;
+    case WsOpcode::kText:
+    case WsOpcode::kBinary:
+      if (in_message_) return Fail(close_code::kProtocolError, "expected continuation frame");
+      break;
+    case WsOpcode::kClose:
+    case WsOpcode::kPing:
+    case WsOpcode::kPong:
+      if (!fin || len > 125) {
+        return Fail(close_code::kProtocolError, "malformed frame header (control frame)");
+      }
+      break;
+    default:
+      return Fail(close_code::kProtocolError, "unknown opcode");
+  }
+  const bool control = (static_cast<std::uint8_t>(opcode) & 0x8) != 0;
+  if (!control) {
+    const std::uint64_t so_far = opcode == WsOpcode::kContinuation ? message_.size() : 0;
+    if (len > max_message_bytes_ - so_far) {
+      return Fail(close_code::kMessageTooBig,
+                  "message exceeds " + std::to_string(max_message_bytes_) + " bytes");
+    }
+    if (opcode != WsOpcode::kContinuation) {
+      message_opcode_ = opcode;
+      message_.clear();
+    }
+    in_message_ = true;
+  } else {
+    control_.clear();
+  }
+  in_frame_ = true;
+  frame_opcode_ = opcode;
+  frame_fin_ = fin;
+  frame_len_ = len;
+  frame_got_ = 0;
+  return FeedResult::kConsumed;
+}
+
 std::expected<WsCodec::FeedResult, WsViolation> WsCodec::Feed(ByteView data, WsSink& sink) {
   if (failed_) return Fail(close_code::kProtocolError, "codec already failed");
-  in_ = data.data();
-  in_len_ = data.size();
+  const std::uint8_t* p = data.data();
+  std::size_t n = data.size();
   for (;;) {
-    wslay_frame_iocb iocb{};
-    const ssize_t r = wslay_frame_recv(ctx_, &iocb);
-    if (r == WSLAY_ERR_WANT_READ) {
-      if (in_len_ == 0) break;
-      continue;  // the frame layer wanted more than it had; the callback supplies the rest
-    }
-    if (r < 0) return Fail(close_code::kProtocolError, "malformed frame header");
-
     if (!in_frame_) {
-      // First chunk of a new frame: validate the header.
-      if (iocb.rsv != 0) return Fail(close_code::kProtocolError, "reserved bits set");
-      const bool want_mask = role_ == WsRole::kServer;
-      if ((iocb.mask != 0) != want_mask) {
-        return Fail(close_code::kProtocolError,
-                    want_mask ? "client frame is not masked" : "server frame is masked");
-      }
-      const auto opcode = static_cast<WsOpcode>(iocb.opcode);
-      switch (opcode) {
-        case WsOpcode::kContinuation:
-          if (!in_message_) return Fail(close_code::kProtocolError, "unexpected continuation");
-          break;
-        case WsOpcode::kText:
-        case WsOpcode::kBinary:
-          if (in_message_) return Fail(close_code::kProtocolError, "expected continuation frame");
-          break;
-        case WsOpcode::kClose:
-        case WsOpcode::kPing:
-        case WsOpcode::kPong:
-          break;  // wslay already enforced FIN and ≤ 125 bytes
-        default:
-          return Fail(close_code::kProtocolError, "unknown opcode");
-      }
-      const bool control = (iocb.opcode & 0x8) != 0;
-      if (!control) {
-        const std::uint64_t so_far = opcode == WsOpcode::kContinuation ? message_.size() : 0;
-        if (iocb.payload_length > max_message_bytes_ - so_far) {
-          return Fail(close_code::kMessageTooBig,
-                      "message exceeds " + std::to_string(max_message_bytes_) + " bytes");
-        }
-        if (opcode != WsOpcode::kContinuation) {
-          message_opcode_ = opcode;
-          message_.clear();
-        }
-        in_message_ = true;
+      // The header: parsed in place when it is complete in the input (the common case), else
+      // gathered in header_ across calls.
+      if (header_len_ == 0 && n >= 2 && n >= HeaderSize(p[1])) {
+        const std::size_t size = HeaderSize(p[1]);
+        if (auto r = BeginFrame(p); !r) return r;
+        p += size;
+        n -= size;
       } else {
-        control_.clear();
+        if (n == 0) break;
+        while (n > 0) {
+          const std::size_t need = header_len_ < 2 ? 2 : HeaderSize(header_[1]);
+          if (header_len_ == need) break;
+          const std::size_t take = std::min(need - header_len_, n);
+          std::memcpy(header_ + header_len_, p, take);
+          header_len_ += take;
+          p += take;
+          n -= take;
+        }
+        if (header_len_ < 2 || header_len_ < HeaderSize(header_[1])) break;  // need more input
+        header_len_ = 0;
+        if (auto r = BeginFrame(header_); !r) return r;
       }
-      in_frame_ = true;
-      frame_opcode_ = opcode;
-      frame_fin_ = iocb.fin != 0;
-      frame_len_ = iocb.payload_length;
-      frame_got_ = 0;
     }
 
-    const ByteView chunk(iocb.data, iocb.data_length);
-    frame_got_ += chunk.size();
+    // Payload bytes of the current frame available in this input.
+    const std::size_t take =
+        static_cast<std::size_t>(std::min<std::uint64_t>(n, frame_len_ - frame_got_));
+    if (take == 0 && frame_len_ != 0) break;  // need more input
+    const std::uint64_t offset = frame_got_;
+    frame_got_ += take;
     const bool frame_done = frame_got_ == frame_len_;
     const bool control = (static_cast<std::uint8_t>(frame_opcode_) & 0x8) != 0;
     bool keep_going = true;
+    auto append = [&](Bytes& to) {
+      const std::size_t at = to.size();
+      to.resize(at + take);
+      if (frame_masked_) {
+        UnmaskCopy(to.data() + at, p, take, mask_key_, offset);
+      } else if (take > 0) {
+        std::memcpy(to.data() + at, p, take);
+      }
+    };
     if (control) {
-      control_.insert(control_.end(), chunk.begin(), chunk.end());
+      append(control_);
       if (frame_done) {
         in_frame_ = false;
         auto delivered = DeliverControl(sink);
@@ -270,11 +336,19 @@ std::expected<WsCodec::FeedResult, WsViolation> WsCodec::Feed(ByteView data, WsS
       ByteView message;
       bool deliver = false;
       if (frame_done && frame_fin_ && frame_opcode_ != WsOpcode::kContinuation &&
-          chunk.size() == frame_len_) {
-        message = chunk;  // whole message in one chunk: deliver without copying
+          take == frame_len_) {
+        // The whole message is in this input: unmask it into the reused buffer (a server) or
+        // deliver the input itself (a client: frames from servers are not masked).
+        if (frame_masked_) {
+          message_.resize(take);
+          UnmaskCopy(message_.data(), p, take, mask_key_, 0);
+          message = ByteView(message_);
+        } else {
+          message = ByteView(p, take);
+        }
         deliver = true;
       } else {
-        message_.insert(message_.end(), chunk.begin(), chunk.end());
+        append(message_);
         if (frame_done && frame_fin_) {
           message = ByteView(message_);
           deliver = true;
@@ -292,13 +366,10 @@ std::expected<WsCodec::FeedResult, WsViolation> WsCodec::Feed(ByteView data, WsS
         message_.clear();
       }
     }
-    if (!keep_going) {
-      in_ = nullptr;
-      in_len_ = 0;
-      return FeedResult::kStopped;
-    }
+    p += take;
+    n -= take;
+    if (!keep_going) return FeedResult::kStopped;
   }
-  in_ = nullptr;
   return FeedResult::kConsumed;
 }
 

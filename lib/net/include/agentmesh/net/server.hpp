@@ -28,6 +28,13 @@
 // the destructor (which aborts what is still open, without further callbacks) the loop must run
 // again so the handles can be freed. The loop must outlive both.
 //
+// Errors the transport answers by itself are JSON, `{"error":"<description>"}` with Content-Type
+// application/json (HttpResponse::JsonError), followed by closing the connection: 400 malformed
+// request or refused upgrade, 404 (no handler, or a path other than websocket_path), 413 body
+// over http_limits.max_body_bytes (declared or while reading a chunked body), 431 head over
+// http_limits.max_header_bytes or over 100 header fields, 501 unsupported transfer coding, 500 an
+// exception from on_http, 503 an upgrade while stopping, and on_upgrade's default 403.
+//
 // Threading: every method and every callback runs on the loop thread. Callbacks may call any
 // method of the server (Send*, Close, Respond, Stop) and may destroy it. An exception escaping
 // a callback is logged (on_log), counted, and closes that connection (1011).
@@ -79,7 +86,8 @@ struct ServerHandlers {
   std::function<bool(const PeerAddress& peer)> on_accept;
 
   // Optional gate for upgrades that passed RFC 6455 validation: return false and fill `reject`
-  // (e.g. 401/403) to refuse. The default accepts.
+  // (e.g. 401/403; it starts as the JSON 403 `{"error":"forbidden"}`) to refuse. The default
+  // accepts.
   std::function<bool(const HttpRequest& request, HttpResponse& reject)> on_upgrade;
 
   std::function<void(ConnId, const HttpRequest& upgrade_request, const PeerAddress& peer)> on_open;

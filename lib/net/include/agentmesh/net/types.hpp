@@ -93,6 +93,9 @@ struct HttpResponse {
 
   static HttpResponse Text(int status, std::string body);
   static HttpResponse Json(int status, std::string body);
+  // `{"error":"<message>"}` (message JSON-escaped) with Content-Type application/json: the form of
+  // every error the transport answers by itself (400, 404, 413, 431, 500, 501, 503, ...).
+  static HttpResponse JsonError(int status, std::string_view message);
 };
 
 // Canonical reason phrase ("OK", "Not Found", ...); "Unknown" for codes it does not know.

@@ -1,8 +1,11 @@
 // RFC 6455 framing, I/O-free: a WsCodec turns received bytes into complete messages and control
-// frames, and appends outgoing frames to a caller-owned byte buffer. It wraps wslay's frame layer
-// (wslay_frame_*), which does header parsing and (un)masking, and adds everything above it:
-// message reassembly with a size limit, opcode/RSV/mask rules, UTF-8 validation of text messages
-// and close reasons, and close-code validation.
+// frames, and appends outgoing frames to a caller-owned byte buffer. Outgoing frames are written
+// by wslay's frame layer (wslay_frame_send, with masking for clients). Incoming frames are decoded
+// here: header parsing in place, unmasking eight bytes at a time (wslay_frame_recv copies every
+// byte through its own 4 KiB buffer and unmasks byte by byte, which was the largest user-space cost
+// of the relay's routing path), message reassembly with a size limit, opcode/RSV/mask rules
+// (control frames FIN and <= 125 bytes; the 64-bit length's top bit clear), UTF-8 validation of
+// text messages and close reasons, and close-code validation.
 //
 // Frame layout (RFC 6455 §5.2), for reference:
 //
@@ -13,8 +16,9 @@
 //   payload
 //
 // Output never allocates per frame: frames are appended to the given buffer, whose capacity the
-// caller reuses. Input is zero-copy when a message arrives as one frame inside one read chunk
-// (the common case for small messages); otherwise it is reassembled in one reused buffer.
+// caller reuses. Input never allocates in the steady state either: a masked message (client →
+// server) is unmasked into one reused buffer; an unmasked one (server → client) that arrives as one
+// frame inside one read chunk is delivered as a view of the input itself.
 //
 // Thread-safety: one codec per connection, used from one thread.
 #pragma once
@@ -103,6 +107,8 @@ class WsCodec {
   static int MaskCallback(std::uint8_t* buf, std::size_t len, void* user);
   std::expected<FeedResult, WsViolation> Fail(std::uint16_t code, std::string message);
   std::expected<bool, WsViolation> DeliverControl(WsSink& sink);
+  // Validates a complete frame header (2 to 14 bytes at `header`) and starts the frame.
+  std::expected<FeedResult, WsViolation> BeginFrame(const std::uint8_t* header);
 
   WsRole role_;
   std::size_t max_message_bytes_;
@@ -110,9 +116,9 @@ class WsCodec {
   wslay_frame_context* ctx_ = nullptr;
   bool failed_ = false;
 
-  // Input window consumed by RecvCallback during Feed.
-  const std::uint8_t* in_ = nullptr;
-  std::size_t in_len_ = 0;
+  // A frame header split across Feed calls.
+  std::uint8_t header_[14] = {};
+  std::size_t header_len_ = 0;
   // Output buffer appended to by SendCallback during AppendFrame.
   Bytes* out_ = nullptr;
 
@@ -122,6 +128,8 @@ class WsCodec {
   bool frame_fin_ = false;
   std::uint64_t frame_len_ = 0;
   std::uint64_t frame_got_ = 0;
+  bool frame_masked_ = false;
+  std::uint8_t mask_key_[4] = {};
   // Current (possibly fragmented) data message.
   bool in_message_ = false;
   WsOpcode message_opcode_ = WsOpcode::kText;
