@@ -11,7 +11,10 @@ class Scanner {
  public:
   Scanner(std::string_view text, const ScanLimits& limits) : text_(text), limits_(limits) {}
 
-  Result<ScannedObject> Run(std::vector<ScannedMember>& members) {
+  // Calls add(member) for each top-level member.
+  template <typename Add>
+  Result<void> Run(Add&& add) {
+    std::size_t count = 0;
     SkipWs();
     if (pos_ >= text_.size() || text_[pos_] != '{')
       return Error("top-level value must be an object");
@@ -34,10 +37,10 @@ class Scanner {
         const std::size_t value_start = pos_;
         if (!Value(1, member.kind, member.value_has_escapes)) return Failure();
         member.raw = text_.substr(value_start, pos_ - value_start);
-        if (members.size() >= limits_.max_members) {
+        if (count++ >= limits_.max_members) {
           return Fail(Code::kLimitExceeded, "too many members in object");
         }
-        members.push_back(member);
+        add(member);
         SkipWs();
         if (Peek() == ',') {
           ++pos_;
@@ -52,7 +55,7 @@ class Scanner {
     }
     SkipWs();
     if (pos_ != text_.size()) return Error("unexpected data after the JSON value");
-    return ScannedObject();
+    return {};
   }
 
  private:
@@ -322,6 +325,48 @@ class Scanner {
 
   std::string_view text_;
   const ScanLimits& limits_;
+
+ public:
+  // The whole text must be `[` string (`,` string)* `]` (whitespace allowed). Calls
+  // item(raw_token, has_escapes) for each string in order. Errors like Run().
+  template <typename Item>
+  Result<void> RunStringArray(std::size_t max_items, Item&& item) {
+    SkipWs();
+    if (Peek() != '[') return Error("must be an array");
+    ++pos_;
+    SkipWs();
+    std::size_t count = 0;
+    if (Peek() == ']') {
+      ++pos_;
+    } else {
+      while (true) {
+        SkipWs();
+        if (Peek() != '"') return Error("must be an array of strings");
+        const std::size_t start = pos_;
+        bool escapes = false;
+        if (!String(escapes)) return Failure();
+        if (count++ >= max_items) return Fail(Code::kLimitExceeded, "too many array items");
+        if (!item(text_.substr(start, pos_ - start), escapes)) {
+          return Fail(Code::kInvalidArgument, "bad string escape");
+        }
+        SkipWs();
+        if (Peek() == ',') {
+          ++pos_;
+          continue;
+        }
+        if (Peek() == ']') {
+          ++pos_;
+          break;
+        }
+        return Error("expected ',' or ']'");
+      }
+    }
+    SkipWs();
+    if (pos_ != text_.size()) return Error("unexpected data after the JSON value");
+    return {};
+  }
+
+ private:
   std::size_t pos_ = 0;
   bool failed_ = false;
   agentmesh::Error error_;
@@ -369,15 +414,28 @@ std::unexpected<Error> WrongType(std::string_view name, std::string_view expecte
 Result<ScannedObject> ScanObject(std::string_view text, const ScanLimits& limits) {
   ScannedObject object;
   Scanner scanner(text, limits);
-  auto result = scanner.Run(object.members_);
+  auto result = scanner.Run([&](const ScannedMember& member) { object.Add(member); });
   if (!result) return std::unexpected(result.error());
   return object;
+}
+
+void ScannedObject::Add(const ScannedMember& member) {
+  if (size_ < kInlineMembers) {
+    inline_[size_++] = member;
+    return;
+  }
+  if (overflow_.empty()) {
+    overflow_.reserve(2 * kInlineMembers);
+    overflow_.assign(inline_.begin(), inline_.end());
+  }
+  overflow_.push_back(member);
+  ++size_;
 }
 
 const ScannedMember* ScannedObject::Find(std::string_view name) const noexcept {
   const ScannedMember* found = nullptr;
   std::string decoded;
-  for (const auto& member : members_) {
+  for (const auto& member : members()) {
     if (!member.name_has_escapes) {
       if (member.name == name) found = &member;
       continue;
@@ -497,35 +555,35 @@ bool UnescapeJsonString(std::string_view raw, std::string& out) {
 }
 
 Result<std::vector<std::string>> ParseStringArray(std::string_view raw, std::size_t max_items) {
-  // Reuse the validating scanner by wrapping the array as the value of a one-member object.
-  std::string wrapped = "{\"a\":";
-  wrapped += raw;
-  wrapped += '}';
-  auto scanned = ScanObject(wrapped, ScanLimits{.max_depth = 2, .max_members = 1});
-  if (!scanned) return std::unexpected(scanned.error());
-  const ScannedMember& member = scanned->members().front();
-  if (member.kind != JsonKind::kArray) return Fail(Code::kInvalidArgument, "must be an array");
   std::vector<std::string> items;
-  const std::string_view body = member.raw.substr(1, member.raw.size() - 2);
-  std::size_t pos = 0;
-  while (pos < body.size()) {
-    const char c = body[pos];
-    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == ',') {
-      ++pos;
-      continue;
+  const ScanLimits limits;
+  Scanner scanner(raw, limits);
+  auto r = scanner.RunStringArray(max_items, [&](std::string_view token, bool escapes) {
+    if (!escapes) {
+      items.emplace_back(token.substr(1, token.size() - 2));
+      return true;
     }
-    if (c != '"') return Fail(Code::kInvalidArgument, "must be an array of strings");
-    std::size_t end = pos + 1;
-    while (body[end] != '"') end += body[end] == '\\' ? 2 : 1;  // validated: terminates
-    if (items.size() >= max_items) return Fail(Code::kLimitExceeded, "too many array items");
-    std::string item;
-    if (!UnescapeJsonString(body.substr(pos, end + 1 - pos), item)) {
-      return Fail(Code::kInvalidArgument, "bad string escape");
-    }
-    items.push_back(std::move(item));
-    pos = end + 1;
-  }
+    return UnescapeJsonString(token, items.emplace_back());
+  });
+  if (!r) return std::unexpected(r.error());
   return items;
+}
+
+Result<void> ParseStringArrayViews(std::string_view raw, std::size_t max_items,
+                                   std::vector<std::string_view>& items,
+                                   std::forward_list<std::string>& decoded) {
+  const ScanLimits limits;
+  Scanner scanner(raw, limits);
+  return scanner.RunStringArray(max_items, [&](std::string_view token, bool escapes) {
+    if (!escapes) {
+      items.push_back(token.substr(1, token.size() - 2));
+      return true;
+    }
+    std::string& text = decoded.emplace_front();
+    if (!UnescapeJsonString(token, text)) return false;
+    items.push_back(text);
+    return true;
+  });
 }
 
 void AppendJsonString(std::string& out, std::string_view value) {

@@ -50,7 +50,8 @@ Result<std::string_view> OptionalRawArray(const ScannedObject& obj, std::string_
   return member->raw;
 }
 
-Result<ClientFrame> ParseSend(const ScannedObject& obj) {
+// The general path: one Find per field, escapes decoded, every error named.
+Result<ClientFrame> ParseSendChecked(const ScannedObject& obj) {
   SendFrame frame;
   std::string scratch;
   auto to = obj.GetStringView("to", scratch);
@@ -82,6 +83,55 @@ Result<ClientFrame> ParseSend(const ScannedObject& obj) {
       return Fail(Code::kInvalidArgument, "must be 1 to 64 bytes", "id");
     }
     frame.id = std::move(**id);
+  }
+  return frame;
+}
+
+// The routing hot path: one pass over the members. Only the common shape is handled here (plain
+// member names, the right kinds, no escapes in to/message_type/id); anything else goes to
+// ParseSendChecked, which decides and words the outcome, so both paths agree by construction.
+Result<ClientFrame> ParseSend(const ScannedObject& obj) {
+  const ScannedMember* to = nullptr;
+  const ScannedMember* payload = nullptr;
+  const ScannedMember* type = nullptr;
+  const ScannedMember* ice = nullptr;
+  const ScannedMember* id = nullptr;
+  for (const ScannedMember& m : obj.members()) {
+    if (m.name_has_escapes) return ParseSendChecked(obj);
+    if (m.name == "to") {
+      to = &m;
+    } else if (m.name == "encrypted_payload") {
+      payload = &m;
+    } else if (m.name == "message_type") {
+      type = &m;
+    } else if (m.name == "ice_candidates") {
+      ice = &m;
+    } else if (m.name == "id") {
+      id = &m;
+    }
+  }
+  const auto plain_string = [](const ScannedMember* m) {
+    return m->kind == JsonKind::kString && !m->value_has_escapes;
+  };
+  if (to == nullptr || !plain_string(to) || payload == nullptr ||
+      payload->kind != JsonKind::kString || (type != nullptr && !plain_string(type)) ||
+      (ice != nullptr && ice->kind != JsonKind::kArray && ice->kind != JsonKind::kNull) ||
+      (id != nullptr && !plain_string(id))) {
+    return ParseSendChecked(obj);
+  }
+  SendFrame frame;
+  frame.to = to->raw.substr(1, to->raw.size() - 2);
+  frame.payload_token = payload->raw;
+  if (type != nullptr) {
+    auto parsed = ParseMessageType(type->raw.substr(1, type->raw.size() - 2));
+    if (!parsed) return ParseSendChecked(obj);
+    frame.message_type = *parsed;
+  }
+  if (ice != nullptr && ice->kind == JsonKind::kArray) frame.ice_candidates = ice->raw;
+  if (id != nullptr) {
+    const std::string_view text = id->raw.substr(1, id->raw.size() - 2);
+    if (text.empty() || text.size() > kMaxClientIdBytes) return ParseSendChecked(obj);
+    frame.id = std::string(text);
   }
   return frame;
 }
@@ -120,22 +170,28 @@ Result<ClientFrame> ParseIce(const ScannedObject& obj, bool is_answer) {
 
 Result<ClientFrame> ParseAck(const ScannedObject& obj) {
   AckFrame frame;
-  auto single = obj.GetString("message_id");
+  std::string scratch;
+  auto single = obj.GetStringView("message_id", scratch);
   if (!single) return std::unexpected(single.error());
-  if (*single) frame.message_ids.push_back(std::move(**single));
+  if (*single) {
+    if (scratch.empty()) {
+      frame.message_ids.push_back(**single);
+    } else {
+      frame.message_ids.push_back(frame.decoded.emplace_front(std::move(scratch)));
+    }
+  }
   if (const ScannedMember* many = obj.Find("message_ids")) {
     if (many->kind != JsonKind::kArray) {
       return Fail(Code::kInvalidArgument, "must be an array of strings", "message_ids");
     }
-    auto ids = ParseStringArray(many->raw, kMaxAckIds + 1);
+    auto ids = ParseStringArrayViews(many->raw, kMaxAckIds + 1, frame.message_ids, frame.decoded);
     if (!ids) return Fail(Code::kInvalidArgument, ids.error().message, "message_ids");
-    for (auto& id : *ids) frame.message_ids.push_back(std::move(id));
   }
   if (frame.message_ids.empty()) return Missing("message_id");
   if (frame.message_ids.size() > kMaxAckIds) {
     return Fail(Code::kLimitExceeded, "at most 256 ids per ack", "message_ids");
   }
-  for (const auto& id : frame.message_ids) {
+  for (const std::string_view id : frame.message_ids) {
     if (id.empty() || id.size() > kMaxClientIdBytes) {
       return Fail(Code::kInvalidArgument, "ids are 1 to 64 bytes", "message_ids");
     }

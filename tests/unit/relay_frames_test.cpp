@@ -1,7 +1,10 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <forward_list>
+
 #include "agentmesh/core/encoding.hpp"
+#include "agentmesh/core/json_scan.hpp"
 #include "agentmesh/core/relay_frames.hpp"
 
 using namespace agentmesh;
@@ -80,7 +83,7 @@ TEST_CASE("client frames: every type parses, bad ones name the field", "[relayfr
   CHECK(std::get<P2pEstablishedFrame>(*p2p).peer == "B");
   auto ack = ParseClientFrame(R"({"type":"ack","message_ids":["a","b\u0063"]})");
   REQUIRE(ack);
-  CHECK(std::get<AckFrame>(*ack).message_ids == std::vector<std::string>{"a", "bc"});
+  CHECK(std::get<AckFrame>(*ack).message_ids == std::vector<std::string_view>{"a", "bc"});
 
   const std::pair<const char*, const char*> bad[] = {
       {R"({"type":"warp"})", "type"},
@@ -114,6 +117,116 @@ TEST_CASE("client frames: every type parses, bad ones name the field", "[relayfr
   for (const char* garbage : {"", "null", "[]", "{", "{\"type\":\"send\"", "\xff\xfe"}) {
     CHECK_FALSE(ParseClientFrame(garbage));
   }
+}
+
+TEST_CASE("ack ids are views into the frame, escaped ids survive a move", "[relayframes]") {
+  const std::string text =
+      R"({"type":"ack","message_id":"x\u0031","message_ids":[ "0b7c1a52-0000-4000-8000-00000000000a" ,)"
+      R"("id-2","\u0069d-\u0033"]})";
+  auto parsed = ParseClientFrame(text);
+  REQUIRE(parsed);
+  AckFrame ack = std::move(std::get<AckFrame>(*parsed));
+  parsed = ParseClientFrame(R"({"type":"ping"})");  // the variant's old storage is gone
+  REQUIRE(ack.message_ids.size() == 4);
+  CHECK(ack.message_ids[0] == "x1");
+  CHECK(ack.message_ids[1] == "0b7c1a52-0000-4000-8000-00000000000a");
+  CHECK(ack.message_ids[2] == "id-2");
+  CHECK(ack.message_ids[3] == "id-3");
+  // Unescaped ids point into the frame text itself: no copy was made.
+  const auto inside = [&](std::string_view v) {
+    return v.data() >= text.data() && v.data() + v.size() <= text.data() + text.size();
+  };
+  CHECK(inside(ack.message_ids[1]));
+  CHECK(inside(ack.message_ids[2]));
+  CHECK_FALSE(inside(ack.message_ids[0]));
+  CHECK_FALSE(inside(ack.message_ids[3]));
+
+  std::string many = R"({"type":"ack","message_ids":[)";
+  for (int i = 0; i < 256; ++i) many += (i ? ",\"" : "\"") + std::to_string(i) + "\"";
+  auto max = ParseClientFrame(many + "]}");
+  REQUIRE(max);
+  CHECK(std::get<AckFrame>(*max).message_ids.size() == 256);
+  CHECK(std::get<AckFrame>(*max).message_ids[255] == "255");
+  auto over = ParseClientFrame(many + R"(,"256"]})");
+  REQUIRE_FALSE(over);
+  CHECK(over.error().field == "message_ids");
+
+  // Not JSON at all: refused by the scanner before the ack is looked at.
+  CHECK_FALSE(ParseClientFrame(R"({"type":"ack","message_ids":["a",]})"));
+  CHECK_FALSE(ParseClientFrame(R"({"type":"ack","message_ids":["a" "b"]})"));
+  for (const char* bad :
+       {R"({"type":"ack","message_ids":["a",null]})", R"({"type":"ack","message_ids":[""]})",
+        R"({"type":"ack","message_ids":[]})", R"({"type":"ack","message_ids":"a"})"}) {
+    INFO(bad);
+    auto r = ParseClientFrame(bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().field.starts_with("message_id"));
+  }
+  std::string long_id = R"({"type":"ack","message_ids":[")" + std::string(65, 'a') + R"("]})";
+  CHECK_FALSE(ParseClientFrame(long_id));
+}
+
+TEST_CASE("send frames parse the same on the one-pass and the general path", "[relayframes]") {
+  // The first form takes the one-pass path; the others (escaped names or values, null
+  // ice_candidates, duplicates) take the general one. All must give the same frame.
+  const std::vector<std::string> forms = {
+      R"({"type":"send","to":"B","encrypted_payload":"p\n","message_type":"knock","id":"ab"})",
+      R"({"type":"send","\u0074o":"B","encrypted_payload":"p\n","message_type":"knock","id":"ab"})",
+      R"({"type":"send","to":"B","encrypted_payload":"p\n","message_type":"kn\u006fck","id":"ab"})",
+      R"({"type":"send","to":"B","encrypted_payload":"p\n","message_type":"knock","id":"a\u0062"})",
+      R"({"type":"send","to":"A","encrypted_payload":"p\n","message_type":"knock","id":"ab","to":"B"})",
+      R"({"type":"send","to":"B","encrypted_payload":"p\n","message_type":"knock","id":"ab","ice_candidates":null})",
+  };
+  for (const auto& text : forms) {
+    INFO(text);
+    auto parsed = ParseClientFrame(text);
+    REQUIRE(parsed);
+    const auto& f = std::get<SendFrame>(*parsed);
+    CHECK(f.to == "B");
+    CHECK(f.payload_token == R"("p\n")");
+    CHECK(f.message_type == MessageType::kKnock);
+    CHECK(f.id == std::optional<std::string>("ab"));
+    CHECK(f.ice_candidates.empty());
+  }
+  const std::pair<const char*, const char*> bad[] = {
+      {R"({"type":"send","to":5,"encrypted_payload":"p"})", "to"},
+      {R"({"type":"send","to":"\u0042","encrypted_payload":"p"})", "to"},
+      {R"({"type":"send","to":"B","encrypted_payload":"p","message_type":7})", "message_type"},
+      {R"({"type":"send","to":"B","encrypted_payload":"p","id":")"
+       R"(0123456789012345678901234567890123456789012345678901234567890123456789"})",
+       "id"},
+      {R"({"type":"send","to":"B","encrypted_payload":"p","id":7})", "id"},
+      {R"({"type":"send","to":"B","encrypted_payload":"p","ice_candidates":{}})", "ice_candidates"},
+  };
+  for (auto [text, field] : bad) {
+    INFO(text);
+    auto r = ParseClientFrame(text);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().field == field);
+  }
+}
+
+TEST_CASE("ParseStringArray and ParseStringArrayViews agree", "[jsonscan]") {
+  for (const char* raw : {R"([])", R"( [ "a" , "b\n" ] )", R"(["\ud83d\ude00","é"])"}) {
+    INFO(raw);
+    auto owned = ParseStringArray(raw, 10);
+    REQUIRE(owned);
+    std::vector<std::string_view> views;
+    std::forward_list<std::string> decoded;
+    REQUIRE(ParseStringArrayViews(raw, 10, views, decoded));
+    CHECK(std::vector<std::string>(views.begin(), views.end()) == *owned);
+  }
+  for (const char* raw :
+       {R"(["a"] x)", R"(["a",])", R"([1])", R"({"a":1})", R"(["\x"])", "[\"\xff\"]", R"(["a")"}) {
+    INFO(raw);
+    CHECK_FALSE(ParseStringArray(raw, 10));
+    std::vector<std::string_view> views;
+    std::forward_list<std::string> decoded;
+    CHECK_FALSE(ParseStringArrayViews(raw, 10, views, decoded));
+  }
+  auto limited = ParseStringArray(R"(["a","b","c"])", 2);
+  REQUIRE_FALSE(limited);
+  CHECK(limited.error().code == Code::kLimitExceeded);
 }
 
 TEST_CASE("CONNECT built by the client verifies", "[relayframes]") {

@@ -14,9 +14,12 @@
 // nesting depth or member count limit is hit.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <forward_list>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,11 +60,20 @@ class ScannedObject {
   // Integral JSON number in [0, 2^53]; kInvalidArgument otherwise.
   Result<std::optional<std::uint64_t>> GetUint(std::string_view name) const;
 
-  const std::vector<ScannedMember>& members() const noexcept { return members_; }
+  // The top-level members in document order.
+  std::span<const ScannedMember> members() const noexcept {
+    return {size_ <= kInlineMembers ? inline_.data() : overflow_.data(), size_};
+  }
 
  private:
   friend Result<ScannedObject> ScanObject(std::string_view text, const ScanLimits& limits);
-  std::vector<ScannedMember> members_;
+  // Objects of up to kInlineMembers members (every relay frame) are scanned without allocating.
+  static constexpr std::size_t kInlineMembers = 8;
+  void Add(const ScannedMember& member);
+
+  std::array<ScannedMember, kInlineMembers> inline_{};
+  std::vector<ScannedMember> overflow_;  // all members, once there are more than kInlineMembers
+  std::size_t size_ = 0;
 };
 
 Result<ScannedObject> ScanObject(std::string_view text, const ScanLimits& limits = {});
@@ -70,9 +82,19 @@ Result<ScannedObject> ScanObject(std::string_view text, const ScanLimits& limits
 // scanner (already validated); returns false on malformed input instead of asserting.
 bool UnescapeJsonString(std::string_view raw, std::string& out);
 
-// Decodes a JSON array of strings given as raw text (e.g. ScannedMember::raw of an array member).
+// Decodes a JSON array of strings given as raw text (e.g. ScannedMember::raw of an array member),
+// validating it fully (strings, escapes, UTF-8, commas; nothing but whitespace around it).
 // kInvalidArgument if it is not an array of strings; kLimitExceeded beyond `max_items`.
 Result<std::vector<std::string>> ParseStringArray(std::string_view raw, std::size_t max_items);
+
+// The same without copying: appends each item's content (between its quotes) to `items` as a view
+// into `raw`. An item written with escapes is decoded into a new string pushed to the front of
+// `decoded`, and its view points there (forward_list nodes never move, so the views stay valid as
+// long as `decoded` lives, including after it is moved). Allocates only when `items` grows or an
+// item has escapes. On error `items` and `decoded` may hold the items before the bad one.
+Result<void> ParseStringArrayViews(std::string_view raw, std::size_t max_items,
+                                   std::vector<std::string_view>& items,
+                                   std::forward_list<std::string>& decoded);
 
 // Appends `value` as a JSON string token (with quotes), escaping as RFC 8785 does.
 void AppendJsonString(std::string& out, std::string_view value);

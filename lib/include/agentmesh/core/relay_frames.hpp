@@ -5,13 +5,15 @@
 // input, and `encrypted_payload` stays a raw, still-escaped JSON string token that the relay copies
 // into the `receive` frame without decoding — the relay never looks inside a payload.
 //
-// Lifetime: every string_view in a parsed frame points into the text given to ParseClientFrame.
+// Lifetime: every string_view in a parsed frame points into the text given to ParseClientFrame
+// (or, for AckFrame ids written with escapes, into the frame's own storage).
 // Thread-safety: pure functions.
 // Errors: parse failures are Error{kInvalidArgument, message, field}; map them to the wire with
 // RelayErrorCode::kInvalidMessage. VerifyConnect returns the wire code to send.
 #pragma once
 
 #include <cstdint>
+#include <forward_list>
 #include <optional>
 #include <span>
 #include <string>
@@ -91,8 +93,18 @@ struct PingFrame {
 struct DisconnectFrame {
   std::string reason;
 };
+// ack: `message_id` and/or `message_ids` (1..256 ids in all, each 1..64 bytes). Each id is a
+// view into the frame text, or, when it was written with escapes (never needed for the relay's
+// ids), into `decoded`. Move-only: a copy's views would still point into the original.
 struct AckFrame {
-  std::vector<std::string> message_ids;  // 1..256 ids
+  std::vector<std::string_view> message_ids;
+  std::forward_list<std::string> decoded;  // storage for escaped ids; usually empty
+
+  AckFrame() = default;
+  AckFrame(AckFrame&&) noexcept = default;
+  AckFrame& operator=(AckFrame&&) noexcept = default;
+  AckFrame(const AckFrame&) = delete;
+  AckFrame& operator=(const AckFrame&) = delete;
 };
 struct NackFrame {
   std::string message_id;
