@@ -61,7 +61,8 @@ const std::vector<Binding>& Bindings() {
        nullptr,
        &RelayConfig::max_connections},
       {{"max_connections_per_ip", "uint", "4096", true,
-        "concurrent connections per source address"},
+        "concurrent WebSocket connections per source address; beyond it RATE_LIMITED and close, "
+        "beyond twice it TCP connections are refused"},
        nullptr,
        &RelayConfig::max_connections_per_ip},
       {{"max_invalid_frames", "uint", "100", true,

@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
     // Flags are parsed into optionals so they can be layered over the file.
     std::optional<std::string> listen, store, tls_cert, tls_key, fsync, log_level;
     std::optional<std::uint32_t> ttl, max_queue, mpm, kpm, max_frame, ping, per_ip, expiry;
+    std::optional<std::uint32_t> max_output, auth_timeout, max_conns, max_invalid;
     app.add_option("--listen", listen, "HOST:PORT to listen on (default 127.0.0.1:8765)");
     app.add_option("--store", store,
                    "SQLite queue file (default $STATE_DIRECTORY/relay.db or ./relay.db)");
@@ -48,6 +49,13 @@ int main(int argc, char** argv) {
     app.add_option("--ping-interval", ping, "WebSocket ping interval in seconds (default 25)");
     app.add_option("--max-connections-per-ip", per_ip,
                    "concurrent connections per address (default 4096)");
+    app.add_option("--max-output-bytes", max_output,
+                   "queued output per connection before a reader is too slow (default 1048576)");
+    app.add_option("--auth-timeout", auth_timeout,
+                   "seconds a new connection has to send CONNECT (default 10)");
+    app.add_option("--max-connections", max_conns, "open connections in all (default 0 = no cap)");
+    app.add_option("--max-invalid-frames", max_invalid,
+                   "invalid frames a connection may send before it is closed (default 100)");
     app.add_option("--expiry-interval-ms", expiry,
                    "how often expired messages are purged (default 60000)");
     app.add_option("--log-level", log_level, "debug | info | warn | error (default info)");
@@ -72,6 +80,10 @@ int main(int argc, char** argv) {
       if (ping) c.ping_interval_seconds = *ping;
       if (per_ip) c.max_connections_per_ip = *per_ip;
       if (expiry) c.expiry_interval_ms = *expiry;
+      if (max_output) c.max_output_bytes = *max_output;
+      if (auth_timeout) c.auth_timeout_seconds = *auth_timeout;
+      if (max_conns) c.max_connections = *max_conns;
+      if (max_invalid) c.max_invalid_frames = *max_invalid;
     };
     if (!config_path.empty()) {
       if (auto r = ApplyConfigFile(config_path, config); !r) {

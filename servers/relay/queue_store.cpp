@@ -124,14 +124,14 @@ Result<std::vector<QueuedMessage>> QueueStore::LoadFor(const std::string& recipi
 }
 
 Result<std::vector<QueuedMessage>> QueueStore::Take(const std::string& recipient,
-                                                    std::span<const std::string> message_ids) {
+                                                    std::span<const std::string_view> message_ids) {
   std::vector<QueuedMessage> taken;
   if (message_ids.empty()) return taken;
   storage::Transaction tx(db_);
   if (!tx.status()) return std::unexpected(tx.status().error());
-  for (const auto& id : message_ids) {
+  for (const std::string_view id : message_ids) {
     select_one_->Reset();
-    select_one_->Bind(1, std::string_view(id)).Bind(2, std::string_view(recipient));
+    select_one_->Bind(1, id).Bind(2, std::string_view(recipient));
     auto row = select_one_->Step();
     if (!row) {
       select_one_->Reset();
@@ -141,7 +141,7 @@ Result<std::vector<QueuedMessage>> QueueStore::Take(const std::string& recipient
     taken.push_back(ReadRow(*select_one_));
     select_one_->Reset();
     delete_one_->Reset();
-    delete_one_->Bind(1, std::string_view(id));
+    delete_one_->Bind(1, id);
     if (auto r = delete_one_->Run(); !r) {
       delete_one_->Reset();
       return std::unexpected(r.error());

@@ -15,6 +15,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -50,7 +51,7 @@ class QueueStore {
   // Deletes the messages with these ids addressed to `recipient` (an agent can only remove its
   // own messages); returns the deleted rows so the caller can send receipts and fix counts.
   Result<std::vector<QueuedMessage>> Take(const std::string& recipient,
-                                          std::span<const std::string> message_ids);
+                                          std::span<const std::string_view> message_ids);
   // Deletes expired rows; returns (recipient -> number deleted).
   Result<std::unordered_map<std::string, std::uint32_t>> DeleteExpired(UnixNanos now);
   // Number of queued messages per recipient (for the in-memory counters at start-up).

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -135,13 +136,13 @@ bool PlainJsonString(std::string_view s) {
 // relay_frames' AppendReceive, byte for byte, for the routing hot path: the strings the relay
 // fills in (an AMID, its own timestamp and message id) never need escaping, so they are quoted
 // as-is instead of going through the per-character escaper. Anything else takes the general path.
-void AppendReceiveFrame(std::string& out, std::string_view from, std::string_view payload_token,
-                        MessageType type, std::string_view timestamp, std::string_view message_id,
-                        std::string_view ice_candidates) {
-  if (!PlainJsonString(from) || !PlainJsonString(timestamp) || !PlainJsonString(message_id)) {
-    AppendReceive(out, from, payload_token, type, timestamp, message_id, ice_candidates);
-    return;
-  }
+// Precondition: `from`, `timestamp` and `message_id` need no JSON escaping (PlainJsonString) —
+// true by construction on the live path: an AMID validated at CONNECT (base58), the relay's own
+// timestamp and message id.
+void AppendReceiveFramePlain(std::string& out, std::string_view from,
+                             std::string_view payload_token, MessageType type,
+                             std::string_view timestamp, std::string_view message_id,
+                             std::string_view ice_candidates) {
   const std::string_view type_name = MessageTypeName(type);
   out.reserve(out.size() + 120 + from.size() + payload_token.size() + timestamp.size() +
               message_id.size() + ice_candidates.size());
@@ -161,6 +162,17 @@ void AppendReceiveFrame(std::string& out, std::string_view from, std::string_vie
     out += ice_candidates;
   }
   out += '}';
+}
+
+// The same for strings of unknown origin (rows read back from the store).
+void AppendReceiveFrame(std::string& out, std::string_view from, std::string_view payload_token,
+                        MessageType type, std::string_view timestamp, std::string_view message_id,
+                        std::string_view ice_candidates) {
+  if (!PlainJsonString(from) || !PlainJsonString(timestamp) || !PlainJsonString(message_id)) {
+    AppendReceive(out, from, payload_token, type, timestamp, message_id, ice_candidates);
+    return;
+  }
+  AppendReceiveFramePlain(out, from, payload_token, type, timestamp, message_id, ice_candidates);
 }
 
 // Heterogeneous lookup, so AMIDs seen as string_views in frames need no std::string.
@@ -295,9 +307,7 @@ class Relay::Impl {
       OnOpen(id, peer);
     };
     h.on_text = [this](net::ConnId id, std::string_view text) { OnText(id, text); };
-    h.on_binary = [this](net::ConnId id, ByteView) {
-      Invalid(id, ErrorCode::kInvalidMessage, "binary frames are not supported; send JSON text");
-    };
+    h.on_binary = [this](net::ConnId id, ByteView) { OnBinary(id); };
     h.on_close = [this](net::ConnId id, std::uint16_t, std::string_view) { OnClose(id); };
     h.on_error = [this](net::ConnId id, const Error& error) { OnTransportError(id, error); };
     h.on_backpressure = [this](net::ConnId id, std::size_t queued) { OnBackpressure(id, queued); };
@@ -383,10 +393,15 @@ class Relay::Impl {
  private:
   // ---- connection lifecycle ----
 
+  // Connections per address: up to max_connections_per_ip are served. Beyond it a connection is
+  // still upgraded, so it can be told why (RATE_LIMITED, then close 1008), while the address has
+  // fewer than twice the cap open; past that, TCP connections are refused outright, so a flood
+  // costs the relay no more than 2 x cap descriptors per address.
   bool OnAccept(const net::PeerAddress& peer) {
     if (stopping_) return false;
-    auto& n = per_ip_[peer.ip];
-    if (n >= config_.max_connections_per_ip) {
+    const auto it = per_ip_.find(peer.ip);
+    const std::uint64_t open = it == per_ip_.end() ? 0 : it->second;
+    if (open >= 2 * std::uint64_t{config_.max_connections_per_ip}) {
       ++metrics_.refused_per_ip;
       return false;
     }
@@ -394,12 +409,19 @@ class Relay::Impl {
   }
 
   void OnOpen(net::ConnId id, const net::PeerAddress& peer) {
-    Conn conn;
-    conn.id = id;
-    conn.ip = peer.ip;
-    conn.auth_deadline = WallNow() + std::int64_t{config_.auth_timeout_seconds} * kNanosPerSecond;
-    ++per_ip_[peer.ip];
-    conns_.emplace(id, std::move(conn));
+    Conn fresh;
+    fresh.id = id;
+    fresh.ip = peer.ip;
+    fresh.auth_deadline = WallNow() + std::int64_t{config_.auth_timeout_seconds} * kNanosPerSecond;
+    const std::uint32_t from_ip = ++per_ip_[peer.ip];
+    Conn& conn = conns_.emplace(id, std::move(fresh)).first->second;
+    if (from_ip > config_.max_connections_per_ip) {
+      ++metrics_.refused_per_ip;
+      SendError(id, ErrorCode::kRateLimited,
+                fmt::format("too many connections from {} (at most {})", peer.ip,
+                            config_.max_connections_per_ip));
+      CloseConn(conn, 1008, "too many connections from this address");
+    }
   }
 
   void OnClose(net::ConnId id) {
@@ -537,6 +559,20 @@ class Relay::Impl {
       return;
     }
     std::visit([&](auto& f) { Handle(conn, f); }, *frame);
+  }
+
+  // Frames are JSON text. Binary before CONNECT is a wrong first frame; after it, an invalid one.
+  void OnBinary(net::ConnId id) {
+    auto it = conns_.find(id);
+    if (it == conns_.end() || it->second.closing) return;
+    ++metrics_.frames_in;
+    if (it->second.amid.empty()) {
+      ++metrics_.auth_failures;
+      SendError(id, ErrorCode::kUnauthorized, "the first frame must be connect (JSON text)");
+      CloseConn(it->second, 1008, "unauthorized");
+      return;
+    }
+    Invalid(id, ErrorCode::kInvalidMessage, "binary frames are not supported; send JSON text");
   }
 
   void HandleConnect(Conn& conn, const ConnectFrame& frame) {
@@ -709,8 +745,8 @@ class Relay::Impl {
 
     if (target != nullptr) {
       out_.clear();
-      AppendReceiveFrame(out_, conn.amid, frame.payload_token, frame.message_type, Timestamp(now),
-                         View(message_id), frame.ice_candidates);
+      AppendReceiveFramePlain(out_, conn.amid, frame.payload_token, frame.message_type,
+                              Timestamp(now), View(message_id), frame.ice_candidates);
       if (server_->SendText(target->id, out_) == net::SendStatus::kQueued) {
         ++metrics_.delivered_live;
         if (frame.id) {
@@ -819,12 +855,14 @@ class Relay::Impl {
     ++metrics_.nacked;
     Log(LogLevel::kDebug,
         fmt::format("{} nacked {}: {}", conn.amid, frame.message_id, frame.reason));
-    Settle(conn, {frame.message_id}, false);
+    const std::string_view id = frame.message_id;
+    Settle(conn, std::span(&id, 1), false);
   }
 
-  void Settle(Conn& conn, const std::vector<std::string>& ids, bool acked) {
-    std::vector<std::string> from_store;  // e.g. pushed from the queue, or on an earlier connection
-    for (const auto& id : ids) {
+  void Settle(Conn& conn, std::span<const std::string_view> ids, bool acked) {
+    // Ids not live on this connection: pushed from the queue, or from an earlier connection.
+    std::vector<std::string_view> from_store;
+    for (const std::string_view id : ids) {
       const auto key = ParseMessageKey(id);
       auto it = key ? conn.inflight.find(*key) : conn.inflight.end();
       if (it == conn.inflight.end() || it->second.in_store) {
@@ -1005,7 +1043,8 @@ class Relay::Impl {
     metric("amesh_relay_queued_messages", "gauge", "Messages in the store.", queued_total_);
     metric("amesh_relay_connections_accepted_total", "counter", "TCP connections accepted.",
            s.connections_accepted);
-    metric("amesh_relay_connections_refused_total", "counter", "Connections refused.",
+    metric("amesh_relay_connections_refused_total", "counter",
+           "Connections refused (max_connections, or over max_connections_per_ip).",
            s.connections_refused + metrics_.refused_per_ip);
     metric("amesh_relay_frames_in_total", "counter", "Frames received.", metrics_.frames_in);
     metric("amesh_relay_frames_out_total", "counter", "Frames sent.", s.frames_out);

@@ -196,10 +196,7 @@ TEST_CASE("relay: every CONNECT failure gets an error frame, then a close", "[re
 }
 
 TEST_CASE("relay: no CONNECT within the auth timeout closes the connection", "[relay]") {
-  TempDir config_dir;
-  const auto config = config_dir.path() / "relay.json";
-  std::ofstream(config) << R"({"auth_timeout_seconds": 1})";
-  RelayProcess relay({"--config", config.string()});
+  RelayProcess relay({"--auth-timeout", "1"});
   WsTestClient idle;
   REQUIRE(idle.Connect(relay.url()));
   auto error = idle.RecvType("error", 4s);
@@ -590,19 +587,192 @@ TEST_CASE("relay: ICE signalling is forwarded with the sender's AMID", "[relay]"
   CHECK((*error)["code"] == "RECIPIENT_OFFLINE");
 }
 
-TEST_CASE("relay: connection flood from one address is capped", "[relay]") {
+TEST_CASE("relay: connection flood from one address is capped with RATE_LIMITED", "[relay]") {
   RelayProcess relay({"--max-connections-per-ip", "3"});
   std::vector<std::unique_ptr<WsTestClient>> clients;
   for (int i = 0; i < 3; ++i) {
     clients.push_back(std::make_unique<WsTestClient>());
-    REQUIRE(clients.back()->Connect(relay.url()));
+    REQUIRE(clients.back()->ConnectAs(relay.url(), Identity(150 + static_cast<unsigned>(i))));
   }
-  WsTestClient extra;
-  CHECK_FALSE(extra.Connect(relay.url(), 2s));
+  // Over the cap: upgraded, told why, closed; the held connections are untouched.
+  for (int i = 0; i < 5; ++i) {
+    INFO("extra connection " << i);
+    WsTestClient extra;
+    REQUIRE(extra.Connect(relay.url()));
+    auto error = extra.RecvType("error");
+    REQUIRE(error);
+    CHECK((*error)["code"] == "RATE_LIMITED");
+    CHECK((*error)["message"].get<std::string>().find("too many connections") != std::string::npos);
+    auto code = extra.WaitClosed();
+    REQUIRE(code);
+    CHECK(*code == 1008);
+  }
+  for (auto& c : clients) CHECK(c->open());
+  const std::string metrics = HttpGet(relay.port(), "/metrics");
+  CHECK(metrics.find("amesh_relay_connections_refused_total 5") != std::string::npos);
   clients.pop_back();
   std::this_thread::sleep_for(200ms);
   WsTestClient again;
-  CHECK(again.Connect(relay.url()));
+  CHECK(again.ConnectAs(relay.url(), Identity(160)));
+}
+
+namespace {
+// A blocking WebSocket client on a raw socket, for frames WsTestClient cannot send (binary).
+class RawWs {
+ public:
+  explicit RawWs(std::uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    timeval tv{5, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    Write(
+        "GET /v1/connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    while (buf_.find("\r\n\r\n") == std::string::npos) REQUIRE(Fill());
+    REQUIRE(buf_.rfind("HTTP/1.1 101", 0) == 0);
+    buf_.erase(0, buf_.find("\r\n\r\n") + 4);
+  }
+  ~RawWs() { ::close(fd_); }
+
+  void SendFrame(std::uint8_t opcode, std::string_view payload) {
+    REQUIRE(payload.size() < 65536);
+    std::string f;
+    f += static_cast<char>(0x80 | opcode);
+    if (payload.size() < 126) {
+      f += static_cast<char>(0x80 | payload.size());
+    } else {
+      f += static_cast<char>(0x80 | 126);
+      f += static_cast<char>(payload.size() >> 8);
+      f += static_cast<char>(payload.size() & 0xFF);
+    }
+    const char mask[4] = {1, 2, 3, 4};
+    f.append(mask, 4);
+    for (std::size_t i = 0; i < payload.size(); ++i)
+      f += static_cast<char>(payload[i] ^ mask[i % 4]);
+    Write(f);
+  }
+  // The next server frame as (opcode, payload); nullopt on EOF or timeout.
+  std::optional<std::pair<int, std::string>> ReadFrame() {
+    while (true) {
+      if (buf_.size() >= 2) {
+        const auto b1 = static_cast<unsigned char>(buf_[1]);
+        std::size_t len = b1 & 0x7F;
+        std::size_t head = 2;
+        if (len == 126 && buf_.size() >= 4) {
+          len = (static_cast<unsigned char>(buf_[2]) << 8) | static_cast<unsigned char>(buf_[3]);
+          head = 4;
+        }
+        if (len < 126 || head == 4) {
+          if (buf_.size() >= head + len) {
+            std::pair<int, std::string> frame{buf_[0] & 0x0F, buf_.substr(head, len)};
+            buf_.erase(0, head + len);
+            return frame;
+          }
+        }
+      }
+      if (!Fill()) return std::nullopt;
+    }
+  }
+
+ private:
+  void Write(std::string_view data) {
+    REQUIRE(::write(fd_, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
+  }
+  bool Fill() {
+    char tmp[4096];
+    const ssize_t n = ::read(fd_, tmp, sizeof tmp);
+    if (n <= 0) return false;
+    buf_.append(tmp, static_cast<std::size_t>(n));
+    return true;
+  }
+  int fd_ = -1;
+  std::string buf_;
+};
+}  // namespace
+
+TEST_CASE("relay: binary frames are refused with an error frame", "[relay]") {
+  RelayProcess relay;
+  SECTION("as the first frame: UNAUTHORIZED, then close 1008") {
+    RawWs raw(relay.port());
+    raw.SendFrame(0x2, "\x01\x02binary");
+    auto error = raw.ReadFrame();
+    REQUIRE(error);
+    CHECK(error->first == 0x1);
+    const json parsed = json::parse(error->second);
+    CHECK(parsed["type"] == "error");
+    CHECK(parsed["code"] == "UNAUTHORIZED");
+    auto close = raw.ReadFrame();
+    REQUIRE(close);
+    CHECK(close->first == 0x8);
+    REQUIRE(close->second.size() >= 2);
+    CHECK(((static_cast<unsigned char>(close->second[0]) << 8) |
+           static_cast<unsigned char>(close->second[1])) == 1008);
+  }
+  SECTION("after CONNECT: INVALID_MESSAGE and the connection stays usable") {
+    RawWs raw(relay.port());
+    raw.SendFrame(0x1, relay::BuildConnectFrame(Identity(175), Now(), false));
+    auto connected = raw.ReadFrame();
+    REQUIRE(connected);
+    CHECK(json::parse(connected->second)["type"] == "connected");
+    raw.SendFrame(0x2, "\x01\x02binary");
+    auto error = raw.ReadFrame();
+    REQUIRE(error);
+    CHECK(error->first == 0x1);
+    CHECK(json::parse(error->second)["code"] == "INVALID_MESSAGE");
+    raw.SendFrame(0x1, R"({"type":"ping","timestamp":7})");
+    auto pong = raw.ReadFrame();
+    REQUIRE(pong);
+    const json parsed = json::parse(pong->second);
+    CHECK(parsed["type"] == "pong");
+    CHECK(parsed["timestamp"] == 7);
+  }
+}
+
+TEST_CASE("relay: --max-invalid-frames closes a connection that keeps sending garbage", "[relay]") {
+  RelayProcess relay({"--max-invalid-frames", "3"});
+  WsTestClient a;
+  REQUIRE(a.ConnectAs(relay.url(), Identity(170)));
+  for (int i = 0; i < 3; ++i) a.Send("garbage");
+  int errors = 0;
+  while (auto e = a.RecvType("error", 1s)) {
+    CHECK((*e)["code"] == "INVALID_MESSAGE");
+    ++errors;
+  }
+  CHECK(errors == 3);
+  auto code = a.WaitClosed();
+  REQUIRE(code);
+  CHECK(*code == 1008);
+  CHECK(HttpGet(relay.port(), "/metrics").find("amesh_relay_invalid_frames_total 3") !=
+        std::string::npos);
+}
+
+TEST_CASE("relay: SIGHUP applies a valid new config to running connections", "[relay]") {
+  TempDir config_dir;
+  const auto config = config_dir.path() / "relay.json";
+  std::ofstream(config) << R"({"messages_per_minute": 1000})";
+  RelayProcess relay({"--config", config.string()});
+  const auto b_id = Identity(181);
+  WsTestClient a, b;
+  REQUIRE(a.ConnectAs(relay.url(), Identity(180)));
+  REQUIRE(b.ConnectAs(relay.url(), b_id));
+  std::ofstream(config, std::ios::trunc) << R"({"messages_per_minute": 2})";
+  relay.process().Signal(SIGHUP, false);
+  for (int i = 0; i < 50 && relay.log().find("configuration reloaded") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(relay.log().find("configuration reloaded") != std::string::npos);
+  std::vector<std::string> statuses;
+  for (int i = 0; i < 3; ++i) {
+    a.Send(Send(AmidOf(b_id), "aGk=", "h" + std::to_string(i)));
+    auto r = a.RecvType("send_result");
+    REQUIRE(r);
+    statuses.push_back((*r)["status"]);
+  }
+  CHECK(statuses == std::vector<std::string>{"delivered", "delivered", "refused"});
 }
 
 TEST_CASE("relay: a large queue drains under flow control once each and in order", "[relay]") {
