@@ -400,3 +400,52 @@ TEST_CASE("a connection killed by the server reports kUnavailable and can be res
   REQUIRE_FALSE(down);
   CHECK(down.error().code == Code::kUnavailable);
 }
+
+TEST_CASE("prepared statements are reused, survive a rollback and are re-prepared when dropped",
+          "[pg]") {
+  POSTGRES_DATABASE_OR_SKIP(db);
+  auto conn = MustConnect(db);
+  MustExec(conn, "CREATE TABLE kv (k text PRIMARY KEY, v bigint NOT NULL)");
+  constexpr std::string_view kPut =
+      "INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v";
+  constexpr std::string_view kGet = "SELECT v FROM kv WHERE k = $1";
+  auto prepared_count = [&] {
+    return *MustExec(conn, "SELECT count(*) FROM pg_prepared_statements").Int(0, 0);
+  };
+  for (int i = 0; i < 10; ++i) REQUIRE(conn.ExecPrepared(kPut, {"a'; --", i}));
+  auto got = conn.ExecPrepared(kGet, {"a'; --"});
+  REQUIRE(got);
+  CHECK(*got->Int(0, 0) == 9);
+  CHECK(prepared_count() == 2);  // one per SQL text, however often it ran
+
+  {
+    pg::Transaction tx(conn);
+    REQUIRE(tx.status());
+    REQUIRE(conn.ExecPrepared(kPut, {"b", 1}));
+    // A failing prepared statement aborts the transaction like any other.
+    auto bad = conn.ExecPrepared("SELECT 1 / $1::integer", {0});
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().code == Code::kInvalidArgument);
+  }  // rolled back
+  CHECK(conn.ExecPrepared(kGet, {"b"})->empty());
+  CHECK(prepared_count() == 3);  // statements are not transactional
+
+  // A pooler's DISCARD ALL (or DEALLOCATE) drops them on the server: prepared again once.
+  MustExec(conn, "DEALLOCATE ALL");
+  CHECK(prepared_count() == 0);
+  auto again = conn.ExecPrepared(kGet, {"a'; --"});
+  INFO((again ? std::string() : again.error().ToString()));
+  REQUIRE(again);
+  CHECK(*again->Int(0, 0) == 9);
+
+  // Parameters are still checked.
+  auto nul = conn.ExecPrepared(kGet, {std::string_view("x\0y", 3)});
+  REQUIRE_FALSE(nul);
+  CHECK(nul.error().code == Code::kInvalidArgument);
+
+  // After a reset (a new session), statements are prepared again.
+  REQUIRE(conn.Reset());
+  auto after = conn.ExecPrepared(kGet, {"a'; --"});
+  REQUIRE(after);
+  CHECK(*after->Int(0, 0) == 9);
+}

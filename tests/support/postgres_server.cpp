@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <pwd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -136,6 +137,7 @@ bool TestPostgres::Start() {
       reason_ = "running as root but there is no user `nobody` to run PostgreSQL as";
       return false;
     }
+    server_uid_ = pw->pw_uid;
     for (const fs::path& p : {dir_->path(), socket_dir_}) {
       if (::chown(p.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
         reason_ = "cannot chown " + p.string() + " to nobody";
@@ -143,10 +145,14 @@ bool TestPostgres::Start() {
       }
     }
   }
-  if (!RunToCompletion({(bin_dir_ / "initdb").string(), "-D", data.string(), "-U", "postgres", "-A",
-                        "trust", "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"},
-                       "initdb")) {
-    return false;
+  if (!CopyTemplate(data)) {
+    if (!RunToCompletion(
+            {(bin_dir_ / "initdb").string(), "-D", data.string(), "-U", "postgres", "-A", "trust",
+             "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"},
+            "initdb")) {
+      return false;
+    }
+    PublishTemplate(data);
   }
 
   // A port picked now may be taken before the server binds it: retry a few times.
@@ -193,6 +199,48 @@ bool TestPostgres::Start() {
   return false;
 }
 
+// initdb costs seconds and every test process needs a cluster, so the first process also keeps a
+// copy of its fresh (never started) data directory in the temp dir, and later processes copy
+// that instead of running initdb. The name carries the effective uid, the server's major version
+// and a format number for the initdb arguments above; it appears by an atomic rename, so a
+// reader never sees a partial copy, and one not owned by the server user is ignored.
+fs::path TestPostgres::TemplatePath() const {
+  std::error_code ec;
+  const fs::path tmp = fs::temp_directory_path(ec);
+  if (ec) return {};
+  return tmp / ("amesh-pg-template-v1-uid" + std::to_string(::geteuid()) + "-pg" +
+                std::to_string(VersionOf(bin_dir_.parent_path())));
+}
+
+bool TestPostgres::CopyTemplate(const fs::path& data) {
+  const fs::path tmpl = TemplatePath();
+  struct stat st {};
+  if (tmpl.empty() || ::lstat(tmpl.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return false;
+  const uid_t owner = as_nobody_ ? server_uid_ : ::geteuid();
+  if (st.st_uid != owner || (st.st_mode & 0022) != 0) return false;
+  if (!RunToCompletion({"/bin/cp", "-a", tmpl.string(), data.string()}, "copy-template")) {
+    std::error_code ec;
+    fs::remove_all(data, ec);
+    reason_.clear();
+    return false;
+  }
+  return true;
+}
+
+void TestPostgres::PublishTemplate(const fs::path& data) {
+  const fs::path tmpl = TemplatePath();
+  std::error_code ec;
+  if (tmpl.empty() || fs::exists(tmpl, ec)) return;
+  const fs::path staging = tmpl.string() + ".tmp" + std::to_string(::getpid());
+  if (!RunToCompletion({"/bin/cp", "-a", data.string(), staging.string()}, "publish-template")) {
+    reason_.clear();
+    fs::remove_all(staging, ec);
+    return;
+  }
+  fs::rename(staging, tmpl, ec);  // loses to a concurrent publisher: keep theirs
+  if (ec) fs::remove_all(staging, ec);
+}
+
 TestPostgres& TestPostgres::Shared() {
   static TestPostgres shared;
   static const bool started = shared.Available() && shared.Start();
@@ -224,6 +272,12 @@ std::string TestPostgres::NewDatabase() {
   return conninfo(name);
 }
 
+std::string TestPostgres::NewDatabaseUri() {
+  const std::string info = NewDatabase();
+  if (info.empty()) return {};
+  return socket_uri("amesh_test_" + std::to_string(databases_));
+}
+
 void TestPostgres::Stop() {
   if (server_.running()) {
     // SIGINT is PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit.
@@ -239,6 +293,11 @@ std::string TestPostgres::conninfo(std::string_view dbname) const {
 
 std::string TestPostgres::uri(std::string_view dbname) const {
   return "postgresql://postgres@127.0.0.1:" + std::to_string(port_) + "/" + std::string(dbname);
+}
+
+std::string TestPostgres::socket_uri(std::string_view dbname) const {
+  return "postgresql:///" + std::string(dbname) + "?host=" + socket_dir_.string() +
+         "&port=" + std::to_string(port_) + "&user=postgres";
 }
 
 std::string TestPostgres::Log() const { return server_.StderrLog(); }

@@ -21,7 +21,10 @@
 //   REQUIRE_FALSE(db.empty());
 //   auto conn = storage::pg::Connection::Connect(db);
 //
-// Each instance is a separate cluster (initdb costs seconds); ctest runs each test case in its own
+// initdb costs seconds, so the first Start() keeps a copy of its fresh data directory in
+// $TMPDIR/amesh-pg-template-v1-uid<euid>-pg<major> (published by an atomic rename) and later
+// Start()s, in any process, copy it instead; delete that directory to force a fresh initdb.
+// Each instance is a separate cluster; ctest runs each test case in its own
 // process, and Shared() + NewDatabase() give the sections of one test case one cluster. Thread:
 // construct, Start, NewDatabase and destroy on one thread; conninfo()/uri() from any thread.
 #pragma once
@@ -57,6 +60,9 @@ class TestPostgres {
   // Creates an empty database with a fresh name and returns its conninfo(); empty (reason() set)
   // when the server is not running or the CREATE DATABASE fails.
   std::string NewDatabase();
+  // The same, returned as a postgresql:// URI over the Unix socket (socket_uri()), for programs
+  // that take a URL (amesh-registry --db).
+  std::string NewDatabaseUri();
   // Fast shutdown; idempotent. The destructor calls it.
   void Stop();
   bool running() const noexcept { return server_.running(); }
@@ -66,6 +72,8 @@ class TestPostgres {
   std::string conninfo(std::string_view dbname = "postgres") const;
   // URI over TCP: "postgresql://postgres@127.0.0.1:<p>/<dbname>".
   std::string uri(std::string_view dbname = "postgres") const;
+  // URI over the Unix socket: "postgresql:///<dbname>?host=<dir>&port=<p>&user=postgres".
+  std::string socket_uri(std::string_view dbname = "postgres") const;
   int port() const noexcept { return port_; }
   const std::filesystem::path& bin_dir() const noexcept { return bin_dir_; }
   // The server's stderr so far (for failure messages).
@@ -75,6 +83,10 @@ class TestPostgres {
   // Runs a program to completion (as the server user when root); false with reason_ set.
   bool RunToCompletion(const std::vector<std::string>& argv, const std::string& what);
   std::vector<std::string> AsServerUser(std::vector<std::string> argv) const;
+  // The cached initdb result shared by test processes (see postgres_server.cpp).
+  std::filesystem::path TemplatePath() const;
+  bool CopyTemplate(const std::filesystem::path& data);
+  void PublishTemplate(const std::filesystem::path& data);
 
   std::filesystem::path bin_dir_;
   std::string reason_;
@@ -82,6 +94,7 @@ class TestPostgres {
   std::filesystem::path socket_dir_;
   int port_ = 0;
   bool as_nobody_ = false;
+  unsigned server_uid_ = 0;  // the uid of `nobody` when as_nobody_
   int databases_ = 0;
   ChildProcess server_;
 };

@@ -142,6 +142,16 @@ Result<bool> Rows::Bool(int row, int column) const {
   return Fail(Code::kCorrupt, ColumnLabel(*this, result_.get(), row, column) + " is not a boolean");
 }
 
+Result<double> Rows::Double(int row, int column) const {
+  const std::string_view text = Text(row, column);
+  double value = 0;
+  if (!IsNull(row, column)) {
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec == std::errc() && end == text.data() + text.size()) return value;
+  }
+  return Fail(Code::kCorrupt, ColumnLabel(*this, result_.get(), row, column) + " is not a number");
+}
+
 Result<Bytes> Rows::Bytea(int row, int column) const {
   const std::string_view text = Text(row, column);
   if (IsNull(row, column) || !text.starts_with("\\x")) {
@@ -185,13 +195,22 @@ Result<Connection> Connection::Connect(const std::string& conninfo, const Connec
   return connection;
 }
 
-Connection::Connection(Connection&& other) noexcept : conn_(other.conn_) { other.conn_ = nullptr; }
+Connection::Connection(Connection&& other) noexcept
+    : conn_(other.conn_),
+      prepared_(std::move(other.prepared_)),
+      next_statement_(other.next_statement_) {
+  other.conn_ = nullptr;
+  other.prepared_.clear();
+}
 
 Connection& Connection::operator=(Connection&& other) noexcept {
   if (this != &other) {
     if (conn_ != nullptr) PQfinish(conn_);
     conn_ = other.conn_;
     other.conn_ = nullptr;
+    prepared_ = std::move(other.prepared_);
+    other.prepared_.clear();
+    next_statement_ = other.next_statement_;
   }
   return *this;
 }
@@ -207,6 +226,7 @@ int Connection::backend_pid() const noexcept { return conn_ != nullptr ? PQbacke
 Result<void> Connection::Reset() {
   if (conn_ == nullptr) return Fail(Code::kInternal, "reset: moved-from connection");
   PQreset(conn_);
+  prepared_.clear();  // a new session has none of them
   if (PQstatus(conn_) != CONNECTION_OK) {
     return Fail(Code::kUnavailable, "reset: " + Trim(PQerrorMessage(conn_)));
   }
@@ -214,11 +234,10 @@ Result<void> Connection::Reset() {
   return {};
 }
 
-Result<Rows> Connection::Exec(std::string_view sql, std::span<const Param> params) {
-  if (conn_ == nullptr) return Fail(Code::kInternal, "exec: moved-from connection");
-  if (sql.find('\0') != std::string_view::npos) {
-    return Fail(Code::kInvalidArgument, "SQL text contains a NUL byte");
-  }
+namespace {
+
+// The parameter values as libpq wants them; kInvalidArgument for a value with a NUL byte.
+Result<std::vector<const char*>> ParamValues(std::span<const Param> params) {
   std::vector<const char*> values;
   values.reserve(params.size());
   for (std::size_t i = 0; i < params.size(); ++i) {
@@ -233,13 +252,63 @@ Result<Rows> Connection::Exec(std::string_view sql, std::span<const Param> param
     }
     values.push_back(params[i].text().c_str());
   }
-  const std::string text(sql);
-  pg_result* raw = PQexecParams(conn_, text.c_str(), static_cast<int>(values.size()), nullptr,
-                                values.data(), nullptr, nullptr, /*resultFormat=*/0);
-  Rows rows(raw);
+  return values;
+}
+
+bool IsOk(const pg_result* raw) {
   const ExecStatusType status = raw != nullptr ? PQresultStatus(raw) : PGRES_FATAL_ERROR;
-  if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK) return rows;
+  return status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK;
+}
+
+}  // namespace
+
+Result<Rows> Connection::Exec(std::string_view sql, std::span<const Param> params) {
+  if (conn_ == nullptr) return Fail(Code::kInternal, "exec: moved-from connection");
+  if (sql.find('\0') != std::string_view::npos) {
+    return Fail(Code::kInvalidArgument, "SQL text contains a NUL byte");
+  }
+  auto values = ParamValues(params);
+  if (!values) return std::unexpected(values.error());
+  const std::string text(sql);
+  pg_result* raw = PQexecParams(conn_, text.c_str(), static_cast<int>(values->size()), nullptr,
+                                values->data(), nullptr, nullptr, /*resultFormat=*/0);
+  Rows rows(raw);
+  if (IsOk(raw)) return rows;
   return std::unexpected(PgError(conn_, raw, "exec"));
+}
+
+Result<Rows> Connection::ExecPrepared(std::string_view sql, std::span<const Param> params) {
+  if (conn_ == nullptr) return Fail(Code::kInternal, "exec: moved-from connection");
+  if (sql.find('\0') != std::string_view::npos) {
+    return Fail(Code::kInvalidArgument, "SQL text contains a NUL byte");
+  }
+  auto values = ParamValues(params);
+  if (!values) return std::unexpected(values.error());
+  const std::string text(sql);
+  for (int attempt = 0;; ++attempt) {
+    auto it = prepared_.find(text);
+    if (it == prepared_.end()) {
+      std::string name = "amesh_stmt_" + std::to_string(++next_statement_);
+      Rows prepared(
+          PQprepare(conn_, name.c_str(), text.c_str(), static_cast<int>(values->size()), nullptr));
+      if (!IsOk(prepared.result_.get())) {
+        return std::unexpected(PgError(conn_, prepared.result_.get(), "prepare"));
+      }
+      it = prepared_.emplace(text, std::move(name)).first;
+    }
+    pg_result* raw = PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(values->size()),
+                                    values->data(), nullptr, nullptr, /*resultFormat=*/0);
+    Rows rows(raw);
+    if (IsOk(raw)) return rows;
+    const char* state = raw != nullptr ? PQresultErrorField(raw, PG_DIAG_SQLSTATE) : nullptr;
+    // Outside a transaction only: inside one, the failure has aborted it.
+    if (attempt == 0 && state != nullptr && std::string_view(state) == "26000" &&
+        PQtransactionStatus(conn_) == PQTRANS_IDLE) {
+      prepared_.erase(it);  // the server dropped it: prepare again
+      continue;
+    }
+    return std::unexpected(PgError(conn_, raw, "exec"));
+  }
 }
 
 Result<void> Connection::ExecScript(std::string_view sql) {

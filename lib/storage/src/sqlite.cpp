@@ -216,16 +216,20 @@ Result<int> Database::UserVersion() {
 }
 
 Result<void> Database::Migrate(std::span<const std::string_view> migrations) {
-  auto version = UserVersion();
-  if (!version) return std::unexpected(version.error());
-  if (*version > static_cast<int>(migrations.size())) {
-    return Fail(Code::kCorrupt,
-                fmt::format("database schema version {} is newer than this program knows ({})",
-                            *version, migrations.size()));
-  }
-  for (std::size_t i = static_cast<std::size_t>(*version); i < migrations.size(); ++i) {
+  // Each step re-reads the version inside its BEGIN IMMEDIATE transaction (which holds the write
+  // lock), so two processes migrating one file at once apply every migration exactly once.
+  while (true) {
     Transaction tx(*this);
     if (!tx.status()) return std::unexpected(tx.status().error());
+    auto version = UserVersion();
+    if (!version) return std::unexpected(version.error());
+    if (*version > static_cast<int>(migrations.size())) {
+      return Fail(Code::kCorrupt,
+                  fmt::format("database schema version {} is newer than this program knows ({})",
+                              *version, migrations.size()));
+    }
+    const auto i = static_cast<std::size_t>(*version);
+    if (i == migrations.size()) return tx.Commit();
     if (auto r = Exec(migrations[i]); !r) {
       return Fail(r.error().code, fmt::format("migration {}: {}", i + 1, r.error().message));
     }
@@ -234,7 +238,6 @@ Result<void> Database::Migrate(std::span<const std::string_view> migrations) {
     }
     if (auto r = tx.Commit(); !r) return std::unexpected(r.error());
   }
-  return {};
 }
 
 std::int64_t Database::LastInsertRowId() const noexcept { return sqlite3_last_insert_rowid(db_); }

@@ -42,6 +42,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include "agentmesh/core/bytes.hpp"
 #include "agentmesh/core/error.hpp"
@@ -102,6 +103,8 @@ class Rows {
   // another form is kCorrupt naming the column.
   Result<std::int64_t> Int(int row, int column) const;
   Result<bool> Bool(int row, int column) const;
+  // The text form of a float8/real/numeric column ("0.5", "NaN", "Infinity").
+  Result<double> Double(int row, int column) const;
   Result<Bytes> Bytea(int row, int column) const;
 
  private:
@@ -141,6 +144,15 @@ class Connection {
   Result<Rows> Exec(std::string_view sql, std::initializer_list<Param> params = {}) {
     return Exec(sql, std::span<const Param>(params.begin(), params.size()));
   }
+  // As Exec, through a server-side prepared statement that this connection creates on first use
+  // of `sql` and reuses (keyed by the SQL text), which saves parsing and planning on every call:
+  // for the fixed statements of a program, never for SQL text built per call. A statement the
+  // server no longer knows (DEALLOCATE, a pooler's DISCARD ALL; SQLSTATE 26000) is prepared
+  // again once. Reset() forgets them all.
+  Result<Rows> ExecPrepared(std::string_view sql, std::span<const Param> params);
+  Result<Rows> ExecPrepared(std::string_view sql, std::initializer_list<Param> params = {}) {
+    return ExecPrepared(sql, std::span<const Param>(params.begin(), params.size()));
+  }
   // Runs a script of several ';'-separated statements without parameters (simple query protocol):
   // schema migrations and fixed administrative SQL only, never anything built from data.
   Result<void> ExecScript(std::string_view sql);
@@ -168,6 +180,8 @@ class Connection {
  private:
   explicit Connection(pg_conn* conn) noexcept : conn_(conn) {}
   pg_conn* conn_ = nullptr;
+  std::unordered_map<std::string, std::string> prepared_;  // SQL text -> statement name
+  std::uint64_t next_statement_ = 0;
 };
 
 enum class Isolation { kReadCommitted, kRepeatableRead, kSerializable };

@@ -10,7 +10,9 @@
 // ColumnText/ColumnBlob are valid until the next Step/Reset/destruction.
 //
 // Migrations: an ordered list of SQL scripts; Migrate() applies those whose 1-based index exceeds
-// PRAGMA user_version, each in its own transaction, and bumps user_version.
+// PRAGMA user_version, each in its own transaction, and bumps user_version. The version is
+// re-read under each transaction's write lock, so processes migrating one file at once apply each
+// migration exactly once.
 //
 // Thread-safety: a Database and its Statements belong to one thread at a time.
 // Errors: kIo for SQLite failures (message includes sqlite3_errmsg), kConflict for constraint
