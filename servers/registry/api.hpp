@@ -6,7 +6,9 @@
 // Every handler: parse and type-check the input (400 naming the field), authenticate mutating
 // requests (PROTOCOL.md §7: 401, replay 409), do one or a few store calls, encode the answer.
 // Errors are always JSON {"error": "..."}; storage failures are 500 (503 when the database is
-// busy) and never leak SQL.
+// busy) and never leak SQL. Two handlers wait on the network from their worker thread: POST
+// /v1/org/verify (a DNS TXT lookup, org.hpp, bounded by about 3 x dns_timeout_ms) and GET
+// /v1/auth/oauth/callback (two provider HTTP calls, oauth.hpp, each bounded by oauth_timeout_ms).
 //
 // Thread-safety: handlers run concurrently on worker threads; everything they touch through
 // Context is thread-safe (the store, the replay cache, the metrics) or immutable (root key,

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -68,8 +69,65 @@ const std::vector<Binding>& Bindings() {
        &RegistryConfig::startup_delay_ms},
       {{"log_level", "string", "info", true, "debug, info, warn or error"},
        &RegistryConfig::log_level},
+      {{"dns_resolver", "string", "the nameservers of /etc/resolv.conf", true,
+        "resolvers for organisation DNS verification: IP[:PORT], comma-separated"},
+       &RegistryConfig::dns_resolver},
+      {{"dns_timeout_ms", "uint", "2000", true,
+        "DNS answer timeout of the first try (the second waits twice as long)"},
+       nullptr,
+       &RegistryConfig::dns_timeout_ms},
+      {{"certificate_days", "uint", "365", true,
+        "validity of the organisation and agent certificates the registry issues"},
+       nullptr,
+       &RegistryConfig::certificate_days},
+      {{"oauth_callback_base_url", "string", "http(s)://<listen>", true,
+        "public base URL of this registry; the OAuth redirect URI is "
+        "<base>/v1/auth/oauth/callback (env OAUTH_CALLBACK_BASE_URL)"},
+       &RegistryConfig::oauth_callback_base_url},
+      {{"oauth_state_ttl_seconds", "uint", "600", true, "how long an OAuth state stays usable"},
+       nullptr,
+       &RegistryConfig::oauth_state_ttl_seconds},
+      {{"oauth_timeout_ms", "uint", "10000", true, "timeout of each HTTP call to a provider"},
+       nullptr,
+       &RegistryConfig::oauth_timeout_ms},
+      {{"github_client_id", "string", "", true,
+        "GitHub OAuth app client id (env GITHUB_CLIENT_ID)"},
+       &RegistryConfig::github_client_id},
+      {{"github_client_secret", "string", "", true,
+        "GitHub OAuth app client secret (env GITHUB_CLIENT_SECRET; never logged)"},
+       &RegistryConfig::github_client_secret},
+      {{"github_authorize_url", "string", "https://github.com/login/oauth/authorize", true,
+        "GitHub authorization endpoint"},
+       &RegistryConfig::github_authorize_url},
+      {{"github_token_url", "string", "https://github.com/login/oauth/access_token", true,
+        "GitHub token endpoint"},
+       &RegistryConfig::github_token_url},
+      {{"github_user_url", "string", "https://api.github.com/user", true,
+        "GitHub user API (the verified id is its \"id\")"},
+       &RegistryConfig::github_user_url},
+      {{"google_client_id", "string", "", true, "Google OAuth client id (env GOOGLE_CLIENT_ID)"},
+       &RegistryConfig::google_client_id},
+      {{"google_client_secret", "string", "", true,
+        "Google OAuth client secret (env GOOGLE_CLIENT_SECRET; never logged)"},
+       &RegistryConfig::google_client_secret},
+      {{"google_authorize_url", "string", "https://accounts.google.com/o/oauth2/v2/auth", true,
+        "Google authorization endpoint"},
+       &RegistryConfig::google_authorize_url},
+      {{"google_token_url", "string", "https://oauth2.googleapis.com/token", true,
+        "Google token endpoint"},
+       &RegistryConfig::google_token_url},
+      {{"google_user_url", "string", "https://openidconnect.googleapis.com/v1/userinfo", true,
+        "Google userinfo endpoint (the verified id is its \"sub\"; email_verified required)"},
+       &RegistryConfig::google_user_url},
   };
   return bindings;
+}
+
+bool HasControlOrSpace(std::string_view s) {
+  for (char c : s) {
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -124,6 +182,20 @@ Result<void> ApplyConfigFile(const std::string& path, RegistryConfig& config) {
   return {};
 }
 
+void ApplyEnvironment(RegistryConfig& config) {
+  const std::pair<const char*, std::string RegistryConfig::*> vars[] = {
+      {"GITHUB_CLIENT_ID", &RegistryConfig::github_client_id},
+      {"GITHUB_CLIENT_SECRET", &RegistryConfig::github_client_secret},
+      {"GOOGLE_CLIENT_ID", &RegistryConfig::google_client_id},
+      {"GOOGLE_CLIENT_SECRET", &RegistryConfig::google_client_secret},
+      {"OAUTH_CALLBACK_BASE_URL", &RegistryConfig::oauth_callback_base_url},
+  };
+  for (const auto& [name, member] : vars) {
+    const char* value = std::getenv(name);
+    if (value != nullptr && *value != '\0') config.*member = value;
+  }
+}
+
 Result<void> ValidateConfig(const RegistryConfig& config) {
   if (config.fsync != "normal" && config.fsync != "full") {
     return Fail(Code::kInvalidArgument, "must be \"normal\" or \"full\"", "fsync");
@@ -153,6 +225,46 @@ Result<void> ValidateConfig(const RegistryConfig& config) {
   }
   if (config.signature_max_age_seconds > 86400 || config.signature_max_future_seconds > 86400) {
     return Fail(Code::kInvalidArgument, "must be at most 86400", "signature_max_age_seconds");
+  }
+  for (auto [name, value] : {std::pair{"dns_timeout_ms", config.dns_timeout_ms},
+                             {"oauth_timeout_ms", config.oauth_timeout_ms}}) {
+    if (value == 0 || value > 60000) {
+      return Fail(Code::kInvalidArgument, "must be 1 to 60000", name);
+    }
+  }
+  if (config.certificate_days == 0 || config.certificate_days > 3650) {
+    return Fail(Code::kInvalidArgument, "must be 1 to 3650", "certificate_days");
+  }
+  if (config.oauth_state_ttl_seconds == 0 || config.oauth_state_ttl_seconds > 86400) {
+    return Fail(Code::kInvalidArgument, "must be 1 to 86400", "oauth_state_ttl_seconds");
+  }
+  if (!config.dns_resolver.empty()) {
+    std::string_view rest = config.dns_resolver;
+    while (true) {
+      const auto comma = rest.find(',');
+      const std::string_view item = rest.substr(0, comma);
+      if (item.empty() || item.find_first_of(" \t") != std::string_view::npos) {
+        return Fail(Code::kInvalidArgument, "must be IP[:PORT] entries separated by commas",
+                    "dns_resolver");
+      }
+      if (comma == std::string_view::npos) break;
+      rest = rest.substr(comma + 1);
+    }
+  }
+  for (auto [name, value] : {std::pair{"oauth_callback_base_url", &config.oauth_callback_base_url},
+                             {"github_authorize_url", &config.github_authorize_url},
+                             {"github_token_url", &config.github_token_url},
+                             {"github_user_url", &config.github_user_url},
+                             {"google_authorize_url", &config.google_authorize_url},
+                             {"google_token_url", &config.google_token_url},
+                             {"google_user_url", &config.google_user_url}}) {
+    if (value->empty() && std::string_view(name) == "oauth_callback_base_url") continue;
+    if (!value->starts_with("https://") && !value->starts_with("http://")) {
+      return Fail(Code::kInvalidArgument, "must be an http:// or https:// URL", name);
+    }
+    if (HasControlOrSpace(*value)) {
+      return Fail(Code::kInvalidArgument, "must not contain spaces or control characters", name);
+    }
   }
   const auto colon = config.listen.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == config.listen.size()) {

@@ -34,6 +34,29 @@ struct RegistryConfig {
   std::uint32_t replay_cache_entries = 1'000'000;
   std::uint32_t startup_delay_ms = 0;  // testing aid: hold migrations back this long
   std::string log_level = "info";      // debug | info | warn | error
+
+  // Organisation DNS verification: resolvers "IP[:PORT]" separated by commas; empty = the
+  // nameservers of /etc/resolv.conf.
+  std::string dns_resolver;
+  std::uint32_t dns_timeout_ms = 2000;   // first try; c-ares doubles it on the second
+  std::uint32_t certificate_days = 365;  // validity of the certificates the registry issues
+
+  // OAuth (Tier 1). A provider is enabled when its client id and secret are both set. The
+  // callback URL sent to providers is <oauth_callback_base_url>/v1/auth/oauth/callback; empty =
+  // http(s)://<listen>.
+  std::string oauth_callback_base_url;
+  std::uint32_t oauth_state_ttl_seconds = 600;
+  std::uint32_t oauth_timeout_ms = 10000;  // each provider HTTP call
+  std::string github_client_id;
+  std::string github_client_secret;
+  std::string github_authorize_url = "https://github.com/login/oauth/authorize";
+  std::string github_token_url = "https://github.com/login/oauth/access_token";
+  std::string github_user_url = "https://api.github.com/user";
+  std::string google_client_id;
+  std::string google_client_secret;
+  std::string google_authorize_url = "https://accounts.google.com/o/oauth2/v2/auth";
+  std::string google_token_url = "https://oauth2.googleapis.com/token";
+  std::string google_user_url = "https://openidconnect.googleapis.com/v1/userinfo";
 };
 
 struct ConfigKey {
@@ -51,6 +74,11 @@ const std::vector<ConfigKey>& RegistryConfigKeys();
 // validates the result; leaves `config` untouched on error.
 Result<void> ApplyConfigJson(std::string_view json_text, RegistryConfig& config);
 Result<void> ApplyConfigFile(const std::string& path, RegistryConfig& config);
+
+// Applies the environment variables GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET, GOOGLE_CLIENT_ID,
+// GOOGLE_CLIENT_SECRET and OAUTH_CALLBACK_BASE_URL (those set and non-empty). Layered between
+// the defaults and the config file: flag > file > environment > default.
+void ApplyEnvironment(RegistryConfig& config);
 
 // Cross-field rules (TLS pair, enumerations, non-zero limits, HOST:PORT form, db scheme).
 Result<void> ValidateConfig(const RegistryConfig& config);

@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "agentmesh/core/canonical_json.hpp"
+#include "agentmesh/core/certificate.hpp"
 #include "agentmesh/core/crypto.hpp"
 #include "agentmesh/core/encoding.hpp"
 #include "agentmesh/core/knock.hpp"
@@ -16,8 +17,11 @@
 #include "agentmesh/core/registry_auth.hpp"
 #include "agentmesh/core/reputation.hpp"
 #include "agentmesh/core/rng.hpp"
+#include "agentmesh/dns/txt_resolver.hpp"
 #include "api.hpp"
 #include "log.hpp"
+#include "oauth.hpp"
+#include "org.hpp"
 
 // The core's DID helpers (lib/src/did.cpp) are being added concurrently; until they are in the
 // tree, the DID route uses the local fallback below.
@@ -1104,6 +1108,400 @@ net::HttpResponse HandleDid(Context& ctx, const Request& r) {
 }
 #endif
 
+// ================================ organisations =================================================
+
+// A JSON certificate text stored by this registry, as an object (null when absent or unreadable).
+json CertificateObject(const std::optional<std::string>& text) {
+  if (!text) return nullptr;
+  auto doc = json::parse(*text, nullptr, false);
+  return doc.is_object() ? doc : json(nullptr);
+}
+
+// Issues a certificate; a refusal is a bug (the inputs were validated), answered 500.
+Http<Certificate> Issue(const CertificateParams& params, const Ed25519SecretKey& issuer) {
+  auto cert = IssueCertificate(params, issuer);
+  if (!cert) {
+    Log(LogLevel::kError, "certificate: " + cert.error().ToString());
+    return Err(500, "cannot issue the certificate");
+  }
+  return std::move(*cert);
+}
+
+UnixNanos CertificateLifetime(const RegistryConfig& config) {
+  return std::int64_t{config.certificate_days} * 86400 * kNanosPerSecond;
+}
+
+Http<std::string> RequireId(const json& body, const char* field) {
+  HTTP_TRY(id, RequireString(body, field, 64));
+  if (HasControl(id))
+    return Err(400, fmt::format("{}: must not contain control characters", field));
+  return id;
+}
+
+// The organisation named by body["organization_id"], which `admin` must administer.
+Http<OrganizationRecord> LoadAdministeredOrg(Context& ctx, const std::string& id,
+                                             const Amid& admin) {
+  HTTP_TRY(org, Stored(ctx, ctx.store->GetOrganization(id)));
+  if (!org) return Err(404, "Organization not found");
+  if (org->admin_amid != admin.str()) {
+    return Err(403, "only the organization's admin (admin_amid) may do this");
+  }
+  return std::move(*org);
+}
+
+json OrganizationJson(const OrganizationRecord& org, std::uint64_t agent_count) {
+  return json{{"id", org.id},
+              {"name", org.name},
+              {"domain", org.domain},
+              {"admin_amid", org.admin_amid},
+              {"verified", org.verified},
+              {"verified_at", org.verified_at ? json(FormatRfc3339Z(*org.verified_at)) : json()},
+              {"agent_count", agent_count},
+              {"root_certificate", CertificateObject(org.root_certificate)},
+              {"created_at", FormatRfc3339Z(org.created_at)}};
+}
+
+net::HttpResponse HandleOrgRegister(Context& ctx, const Request& r) {
+  HTTP_TRY(body, ParseObject(r));
+  HTTP_TRY(name, RequireString(body, "name", kMaxNameLength));
+  if (HasControl(name)) return JsonError(400, "name: must not contain control characters");
+  HTTP_TRY(domain_text, RequireString(body, "domain", 253));
+  auto domain = NormalizeDomain(domain_text);
+  if (!domain) return JsonError(400, "domain: " + domain.error().message);
+  HTTP_TRY(admin, RequireAmid(body, "admin_amid"));
+  HTTP_TRY(key_text, OptionalString(body, "admin_signing_public_key", 128));
+  HTTP_TRY(actor, LoadActor(ctx, admin, "admin_amid"));
+  if (key_text) {
+    auto key = ParseEd25519Key(*key_text);
+    if (!key) return JsonError(400, "admin_signing_public_key: " + key.error().message);
+    if (*key != actor.key) {
+      ++ctx.metrics->auth_failures;
+      return JsonError(401,
+                       "signature verification failed: admin_signing_public_key: is not the "
+                       "admin's registered signing key");
+    }
+  }
+  HTTP_CHECK(Authenticate(ctx, r, body, actor.key));
+  SystemRng rng;
+  OrganizationRecord org;
+  org.id = NewUuid();
+  org.name = name;
+  org.domain = *domain;
+  org.admin_amid = admin.str();
+  org.admin_signing_key = FormatEd25519Key(actor.key);
+  org.dns_challenge = Base64UrlEncode(rng.Array<32>());
+  org.created_at = ctx.now();
+  if (auto inserted = ctx.store->InsertOrganization(org); !inserted) {
+    if (inserted.error().code == Code::kConflict) {
+      return Reply(409, {{"success", false},
+                         {"organization_id", nullptr},
+                         {"error", "domain already registered"}});
+    }
+    return StorageFailure(ctx, inserted.error());
+  }
+  Log(LogLevel::kInfo,
+      fmt::format("organization {} registered for {} by {}", org.id, org.domain, org.admin_amid));
+  return Reply(201, {{"success", true},
+                     {"organization_id", org.id},
+                     {"domain", org.domain},
+                     {"dns_challenge",
+                      {{"record_type", "TXT"},
+                       {"record_name", dns::OrgChallengeName(org.domain)},
+                       {"record_value", dns::OrgChallengeValue(org.dns_challenge)}}},
+                     {"error", nullptr}});
+}
+
+net::HttpResponse VerifiedReply(const OrganizationRecord& org) {
+  return Reply(200, {{"success", true},
+                     {"verified", true},
+                     {"organization_id", org.id},
+                     {"domain", org.domain},
+                     {"root_certificate", CertificateObject(org.root_certificate)},
+                     {"error", nullptr}});
+}
+
+net::HttpResponse NotVerified(int status, const std::string& message) {
+  return Reply(status, {{"success", false}, {"verified", false}, {"error", message}});
+}
+
+net::HttpResponse HandleOrgVerify(Context& ctx, const Request& r) {
+  HTTP_TRY(body, ParseObject(r));
+  HTTP_TRY(org_id, RequireId(body, "organization_id"));
+  HTTP_TRY(admin, RequireAmid(body, "admin_amid"));
+  HTTP_TRY(actor, LoadActor(ctx, admin, "admin_amid"));
+  HTTP_CHECK(Authenticate(ctx, r, body, actor.key));
+  HTTP_TRY(org, LoadAdministeredOrg(ctx, org_id, admin));
+  if (org.verified) return VerifiedReply(org);
+
+  const std::string record_name = dns::OrgChallengeName(org.domain);
+  const std::string expected = dns::OrgChallengeValue(org.dns_challenge);
+  const auto servers = ResolverList(r.config->dns_resolver);
+  if (servers.empty()) {
+    Log(LogLevel::kError, "org verify: no DNS resolver (set dns_resolver)");
+    return NotVerified(503, "no DNS resolver is configured on this registry");
+  }
+  auto records =
+      LookupTxt(servers, record_name, std::chrono::milliseconds(r.config->dns_timeout_ms));
+  if (!records) {
+    const Error& e = records.error();
+    Log(LogLevel::kInfo, fmt::format("org verify {}: {}", org.domain, e.ToString()));
+    switch (e.code) {
+      case Code::kNotFound:
+        return NotVerified(400, fmt::format("DNS verification failed: no TXT record {}; publish "
+                                            "\"{}\" there and retry",
+                                            record_name, expected));
+      case Code::kTimeout:
+        return NotVerified(504, "DNS verification failed: the resolver did not answer in time");
+      case Code::kInvalidArgument:
+        return NotVerified(400, "DNS verification failed: the domain cannot be looked up");
+      default:
+        return NotVerified(502, "DNS verification failed: the resolver failed (" + e.message + ")");
+    }
+  }
+  const bool found = std::any_of(records->begin(), records->end(), [&](std::string v) {
+    while (!v.empty() && (v.back() == ' ' || v.back() == '"')) v.pop_back();
+    while (!v.empty() && (v.front() == ' ' || v.front() == '"')) v.erase(v.begin());
+    return v == expected;
+  });
+  if (!found) {
+    return NotVerified(400, fmt::format("DNS verification failed: the TXT records of {} do not "
+                                        "contain \"{}\"",
+                                        record_name, expected));
+  }
+  const UnixNanos now = ctx.now();
+  CertificateParams params;
+  params.type = CertificateType::kOrganization;
+  params.serial = NewCertificateSerial();
+  params.subject = org.domain;
+  params.subject_key = DeriveOrganizationKey(*ctx.root_key, org.id).public_key;
+  params.issuer = std::string(kRegistryIssuerName);
+  params.tier = Tier::kOrganization;
+  params.issued_at = now;
+  params.expires_at = now + CertificateLifetime(*r.config);
+  HTTP_TRY(cert, Issue(params, ctx.root_key->secret));
+  const std::string text = cert.Serialize();
+  HTTP_TRY(marked, Stored(ctx, ctx.store->MarkOrganizationVerified(org.id, now, text)));
+  if (!marked) {
+    // Verified concurrently: answer with the certificate that was stored.
+    HTTP_TRY(again, Stored(ctx, ctx.store->GetOrganization(org.id)));
+    if (!again) return JsonError(404, "Organization not found");
+    return VerifiedReply(*again);
+  }
+  org.verified = true;
+  org.verified_at = now;
+  org.root_certificate = text;
+  Log(LogLevel::kInfo, fmt::format("organization {} verified ({})", org.domain, org.id));
+  return VerifiedReply(org);
+}
+
+net::HttpResponse HandleOrgAgents(Context& ctx, const Request& r) {
+  HTTP_TRY(body, ParseObject(r));
+  HTTP_TRY(org_id, RequireId(body, "organization_id"));
+  HTTP_TRY(agent_amid, RequireAmid(body, "agent_amid"));
+  HTTP_TRY(key_text, OptionalString(body, "agent_signing_public_key", 128));
+  HTTP_TRY(admin, RequireAmid(body, "admin_amid"));
+  HTTP_TRY(actor, LoadActor(ctx, admin, "admin_amid"));
+  HTTP_CHECK(Authenticate(ctx, r, body, actor.key));
+  HTTP_TRY(org, LoadAdministeredOrg(ctx, org_id, admin));
+  if (!org.verified || !org.root_certificate) {
+    return JsonError(403, "organization is not DNS-verified yet (POST /v1/org/verify)");
+  }
+  HTTP_TRY(agent, LoadActor(ctx, agent_amid, "agent_amid"));
+  if (key_text) {
+    auto key = ParseEd25519Key(*key_text);
+    if (!key) return JsonError(400, "agent_signing_public_key: " + key.error().message);
+    if (*key != agent.key) {
+      return JsonError(400, "agent_signing_public_key: is not the agent's registered key");
+    }
+  }
+  auto org_cert = ParseCertificateText(*org.root_certificate);
+  if (!org_cert) return StorageFailure(ctx, org_cert.error());
+  const UnixNanos now = ctx.now();
+  if (now >= org_cert->params.expires_at) {
+    return JsonError(403, "the organization's certificate has expired");
+  }
+  const Ed25519KeyPair org_key = DeriveOrganizationKey(*ctx.root_key, org.id);
+  CertificateParams params;
+  params.type = CertificateType::kAgent;
+  params.serial = NewCertificateSerial();
+  params.subject = agent_amid.str();
+  params.subject_key = agent.key;
+  params.issuer = org.domain;
+  params.tier = Tier::kOrganization;
+  params.issued_at = now;
+  params.expires_at = std::min(now + CertificateLifetime(*r.config), org_cert->params.expires_at);
+  HTTP_TRY(cert, Issue(params, org_key.secret));
+  if (auto added = ctx.store->AddOrganizationAgent(org.id, org.domain, agent_amid.str(),
+                                                   cert.Serialize(), now);
+      !added) {
+    if (added.error().code == Code::kConflict) {
+      return JsonError(409, "agent already belongs to another organization");
+    }
+    if (added.error().code == Code::kNotFound)
+      return JsonError(404, "Agent not found (agent_amid)");
+    return StorageFailure(ctx, added.error());
+  }
+  Log(LogLevel::kInfo, fmt::format("{} joined organization {}", agent_amid.str(), org.domain));
+  return Reply(201, {{"success", true},
+                     {"organization_id", org.id},
+                     {"organization", org.domain},
+                     {"agent_amid", agent_amid.str()},
+                     {"tier", "organization"},
+                     {"agent_certificate", cert.object},
+                     {"certificate_chain", json::array({org_cert->object, cert.object})},
+                     {"error", nullptr}});
+}
+
+net::HttpResponse HandleOrgLookup(Context& ctx, const Request& r) {
+  HTTP_TRY(query, ParseQuery(r.http->query));
+  auto domain_text = query.Get("domain");
+  if (!domain_text || domain_text->empty()) {
+    return JsonError(400, "domain: query parameter is required");
+  }
+  auto domain = NormalizeDomain(*domain_text);
+  if (!domain) return JsonError(400, "domain: " + domain.error().message);
+  HTTP_TRY(org, Stored(ctx, ctx.store->GetOrganizationByDomain(*domain)));
+  if (!org) return JsonError(404, "Organization not found");
+  HTTP_TRY(count, Stored(ctx, ctx.store->CountOrganizationAgents(org->id)));
+  return Reply(200, OrganizationJson(*org, count));
+}
+
+// ================================ OAuth =========================================================
+
+net::HttpResponse HandleOAuthProviders(Context&, const Request& r) {
+  json list = json::array();
+  for (const auto& p : OAuthProviders(*r.config)) {
+    list.push_back({{"name", p.name}, {"display_name", p.display_name}, {"enabled", p.enabled()}});
+  }
+  return Reply(200, {{"providers", std::move(list)}});
+}
+
+Http<OAuthProvider> EnabledProvider(const RegistryConfig& config, std::string_view name) {
+  auto provider = FindOAuthProvider(config, name);
+  if (!provider) return Err(400, "provider: unknown (github or google)");
+  if (!provider->enabled()) {
+    return Err(400, fmt::format("provider: {} is not enabled on this registry", name));
+  }
+  return std::move(*provider);
+}
+
+net::HttpResponse HandleOAuthAuthorize(Context& ctx, const Request& r) {
+  HTTP_TRY(body, ParseObject(r));
+  HTTP_TRY(amid, RequireAmid(body, "amid"));
+  HTTP_TRY(provider_name, RequireString(body, "provider", 32));
+  HTTP_TRY(provider, EnabledProvider(*r.config, provider_name));
+  HTTP_TRY(actor, LoadActor(ctx, amid, "amid"));
+  HTTP_CHECK(Authenticate(ctx, r, body, actor.key));
+  const UnixNanos now = ctx.now();
+  HTTP_TRY(purged, Stored(ctx, ctx.store->DeleteExpiredOAuthStates(now)));
+  (void)purged;
+  SystemRng rng;
+  OAuthStateRecord state;
+  state.state = Base64UrlEncode(rng.Array<32>());
+  state.amid = amid.str();
+  state.provider = provider.name;
+  state.created_at = now;
+  state.expires_at = now + std::int64_t{r.config->oauth_state_ttl_seconds} * kNanosPerSecond;
+  if (auto inserted = ctx.store->InsertOAuthState(state); !inserted) {
+    return StorageFailure(ctx, inserted.error());
+  }
+  return Reply(200, {{"success", true},
+                     {"provider", provider.name},
+                     {"authorization_url",
+                      AuthorizationUrl(provider, OAuthCallbackUrl(*r.config), state.state)},
+                     {"state", state.state},
+                     {"expires_in", r.config->oauth_state_ttl_seconds}});
+}
+
+net::HttpResponse CallbackError(int status, const std::string& message) {
+  return Reply(status, {{"success", false}, {"error", message}});
+}
+
+net::HttpResponse HandleOAuthCallback(Context& ctx, const Request& r) {
+  HTTP_TRY(query, ParseQuery(r.http->query));
+  auto state_text = query.Get("state");
+  if (!state_text || state_text->empty() || state_text->size() > 256) {
+    return CallbackError(400, "state: query parameter is required");
+  }
+  HTTP_TRY(state, Stored(ctx, ctx.store->GetOAuthState(*state_text)));
+  if (!state) return CallbackError(400, "unknown OAuth state");
+  const UnixNanos now = ctx.now();
+  if (state->consumed) return CallbackError(409, "OAuth state already used");
+  if (state->expires_at <= now) {
+    return CallbackError(400, "OAuth state expired; start again with /v1/auth/oauth/authorize");
+  }
+  if (auto error = query.Get("error")) {
+    std::string shown;
+    for (char c : *error) {
+      if (shown.size() < 64 && c >= 0x20 && c < 0x7f) shown += c;
+    }
+    return CallbackError(400, "the provider reported an error: " + shown);
+  }
+  auto code = query.Get("code");
+  if (!code || code->empty() || code->size() > 2048) {
+    return CallbackError(400, "code: query parameter is required");
+  }
+  HTTP_TRY(provider, EnabledProvider(*r.config, state->provider));
+  auto parsed_amid = Amid::Parse(state->amid);
+  if (!parsed_amid) return StorageFailure(ctx, parsed_amid.error());
+  HTTP_TRY(actor, LoadActor(ctx, *parsed_amid, "amid"));
+  const std::string redirect_uri = OAuthCallbackUrl(*r.config);
+  auto identity = ExchangeCode(provider, *code, redirect_uri,
+                               std::chrono::milliseconds(r.config->oauth_timeout_ms));
+  if (!identity) {
+    const Error& e = identity.error();
+    Log(LogLevel::kInfo,
+        fmt::format("oauth {} for {}: {}", provider.name, state->amid, e.ToString()));
+    if (e.code == Code::kAuthFailed) {
+      return CallbackError(400, "OAuth verification failed: " + e.message);
+    }
+    if (e.code == Code::kTimeout) {
+      return CallbackError(504, "OAuth verification failed: " + e.message);
+    }
+    return CallbackError(502, "OAuth verification failed: " + e.message);
+  }
+  const UnixNanos verified_at = ctx.now();
+  CertificateParams params;
+  params.type = CertificateType::kAgent;
+  params.serial = NewCertificateSerial();
+  params.subject = state->amid;
+  params.subject_key = actor.key;
+  params.issuer = std::string(kRegistryIssuerName);
+  params.tier = Tier::kVerified;
+  params.issued_at = verified_at;
+  params.expires_at = verified_at + CertificateLifetime(*r.config);
+  HTTP_TRY(cert, Issue(params, ctx.root_key->secret));
+  AgentVerificationRecord verification;
+  verification.amid = state->amid;
+  verification.provider = provider.name;
+  verification.provider_id = identity->provider_id;
+  verification.verified_at = verified_at;
+  verification.certificate = cert.Serialize();
+  auto completed = ctx.store->CompleteOAuthVerification(state->state, verified_at, verification);
+  if (!completed) {
+    if (completed.error().code == Code::kNotFound) {
+      return CallbackError(404, "Agent not found or revoked");
+    }
+    return StorageFailure(ctx, completed.error());
+  }
+  if (!*completed) return CallbackError(409, "OAuth state already used or expired");
+  HTTP_TRY(agent, Stored(ctx, ctx.store->GetAgent(state->amid)));
+  Log(LogLevel::kInfo, fmt::format("{} verified by {}", state->amid, provider.name));
+  return Reply(200, {{"success", true},
+                     {"amid", state->amid},
+                     {"provider", provider.name},
+                     {"tier", agent ? json(ToString(agent->tier)) : json("verified")},
+                     {"verified_identity",
+                      {{"provider", provider.name},
+                       {"provider_id", identity->provider_id},
+                       {"username", identity->username},
+                       {"email", identity->email},
+                       {"display_name", identity->display_name},
+                       {"verified_at", FormatRfc3339Z(verified_at)}}},
+                     {"certificate", cert.object},
+                     {"error", nullptr}});
+}
+
 net::HttpResponse HandleHealth(Context&, const Request&) { return Reply(200, {{"status", "ok"}}); }
 
 // Sorted by (path, method); MatchRoute relies on nothing but the listing, the order is for
@@ -1111,7 +1509,18 @@ net::HttpResponse HandleHealth(Context&, const Request&) { return Reply(200, {{"
 constexpr Route kRoutes[] = {
     {"GET", "/health", false, "health", false, RateClass::kNone, HandleHealth},
     {"GET", "/metrics", false, "metrics", false, RateClass::kNone, HandleMetrics},
+    {"GET", "/v1/auth/oauth/callback", false, "oauth_callback", true, RateClass::kNone,
+     HandleOAuthCallback},
+    {"POST", "/v1/auth/oauth/authorize", false, "oauth_authorize", true, RateClass::kNone,
+     HandleOAuthAuthorize},
+    {"GET", "/v1/auth/oauth/providers", false, "oauth_providers", false, RateClass::kNone,
+     HandleOAuthProviders},
     {"GET", "/v1/health", false, "v1_health", false, RateClass::kNone, HandleHealthV1},
+    {"POST", "/v1/org/agents", false, "org_agents", true, RateClass::kNone, HandleOrgAgents},
+    {"GET", "/v1/org/lookup", false, "org_lookup", true, RateClass::kNone, HandleOrgLookup},
+    {"POST", "/v1/org/register", false, "org_register", true, RateClass::kRegister,
+     HandleOrgRegister},
+    {"POST", "/v1/org/verify", false, "org_verify", true, RateClass::kNone, HandleOrgVerify},
     {"POST", "/v1/registry/capabilities", false, "capabilities", true, RateClass::kNone,
      HandleCapabilities},
     {"GET", "/v1/registry/did/", true, "did", true, RateClass::kNone, HandleDid},

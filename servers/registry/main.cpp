@@ -23,7 +23,8 @@ int main(int argc, char** argv) {
   try {
     CLI::App app{
         "amesh-registry: AgentMesh registry. Signed registration, lookup and capability search,\n"
-        "prekey bundles, presence, reputation and revocation over HTTP (docs/PROTOCOL.md)."};
+        "prekey bundles, presence, reputation, revocation, organisations (DNS-verified) and\n"
+        "OAuth verification over HTTP (docs/PROTOCOL.md)."};
     app.set_version_flag("--version", std::string("amesh-registry ") + kVersion + " (agentmesh/1)");
     RegistryConfig config;
     std::string config_path;
@@ -32,7 +33,8 @@ int main(int argc, char** argv) {
     app.add_flag("--help-config", help_config, "Describe every config key and exit");
 
     // Flags are parsed into optionals so they can be layered over the file.
-    std::optional<std::string> listen, db, state_dir, tls_cert, tls_key, fsync, log_level;
+    std::optional<std::string> listen, db, state_dir, tls_cert, tls_key, fsync, log_level,
+        dns_resolver, oauth_callback_base_url;
     std::optional<std::uint32_t> max_body, reg_pm, search_pm, max_conn, startup_delay;
     app.add_option("--listen", listen, "HOST:PORT to listen on (default 127.0.0.1:8080)");
     app.add_option("--db", db,
@@ -51,6 +53,11 @@ int main(int argc, char** argv) {
                    "searches per client address per minute (default 600)");
     app.add_option("--max-connections", max_conn, "concurrent connections (default 0 = unlimited)");
     app.add_option("--log-level", log_level, "debug | info | warn | error (default info)");
+    app.add_option("--dns-resolver", dns_resolver,
+                   "resolvers for organisation DNS verification, IP[:PORT],... (default: the "
+                   "nameservers of /etc/resolv.conf)");
+    app.add_option("--oauth-callback-base-url", oauth_callback_base_url,
+                   "public base URL for the OAuth redirect URI (default http(s)://<listen>)");
     app.add_option("--startup-delay-ms", startup_delay,
                    "testing aid: delay migrations (data routes answer 503 meanwhile)")
         ->group("");
@@ -73,7 +80,12 @@ int main(int argc, char** argv) {
       if (search_pm) c.search_per_minute = *search_pm;
       if (max_conn) c.max_connections = *max_conn;
       if (startup_delay) c.startup_delay_ms = *startup_delay;
+      if (dns_resolver) c.dns_resolver = *dns_resolver;
+      if (oauth_callback_base_url) c.oauth_callback_base_url = *oauth_callback_base_url;
     };
+    // Client secrets come from the environment or the config file, never from flags (they
+    // would show in ps).
+    ApplyEnvironment(config);
     if (!config_path.empty()) {
       if (auto r = ApplyConfigFile(config_path, config); !r) {
         std::fprintf(stderr, "amesh-registry: %s\n", r.error().ToString().c_str());
@@ -138,6 +150,7 @@ int main(int argc, char** argv) {
         [](uv_signal_t* s, int) {
           auto* c = static_cast<SignalContext*>(s->data);
           RegistryConfig next;
+          ApplyEnvironment(next);
           if (!c->config_path.empty()) {
             if (auto r = ApplyConfigFile(c->config_path, next); !r) {
               Log(LogLevel::kError,

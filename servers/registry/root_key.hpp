@@ -1,5 +1,6 @@
-// The registry's own Ed25519 root key: it signs the revocation list (and, later, certificates and
-// DID documents).
+// The registry's own Ed25519 root key: it signs the revocation list, the organisation
+// certificates and the OAuth verification certificates, and the organisation keys that sign
+// organisation agents' certificates are derived from it (org.hpp).
 //
 // File: <state_dir>/keys/root.key, a JSON object
 //   {"type": "agentmesh-registry-root-key", "version": 1, "seed": "<base64 of the 32-byte seed>",

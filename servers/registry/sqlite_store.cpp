@@ -18,7 +18,7 @@ using storage::Statement;
 
 // Versioned schema: entry i brings the database from user_version i to i + 1. Never edit a
 // released entry; append a new one.
-constexpr std::array<std::string_view, 1> kMigrations = {
+constexpr std::array<std::string_view, 2> kMigrations = {
     R"sql(
 CREATE TABLE agents (
   amid TEXT PRIMARY KEY,
@@ -96,6 +96,46 @@ CREATE TABLE completed_sessions (
 CREATE INDEX completed_sessions_by_initiator ON completed_sessions (initiator_amid);
 CREATE INDEX completed_sessions_by_receiver ON completed_sessions (receiver_amid);
 )sql",
+    // 2: organisations (DNS verification, certificates) and OAuth (Tier 1).
+    R"sql(
+CREATE TABLE organizations (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  domain TEXT NOT NULL UNIQUE,
+  admin_amid TEXT NOT NULL,
+  admin_signing_key TEXT NOT NULL,
+  dns_challenge TEXT NOT NULL,
+  verified INTEGER NOT NULL DEFAULT 0,
+  verified_at INTEGER,
+  root_certificate TEXT,
+  created_at INTEGER NOT NULL
+);
+CREATE INDEX organizations_by_admin ON organizations (admin_amid);
+CREATE TABLE organization_agents (
+  amid TEXT PRIMARY KEY REFERENCES agents (amid) ON DELETE CASCADE,
+  organization_id TEXT NOT NULL REFERENCES organizations (id),
+  certificate TEXT NOT NULL,
+  added_at INTEGER NOT NULL
+);
+CREATE INDEX organization_agents_by_org ON organization_agents (organization_id);
+CREATE TABLE oauth_states (
+  state TEXT PRIMARY KEY,
+  amid TEXT NOT NULL,
+  provider TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  consumed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX oauth_states_by_expiry ON oauth_states (expires_at);
+CREATE TABLE agent_verifications (
+  amid TEXT NOT NULL REFERENCES agents (amid) ON DELETE CASCADE,
+  provider TEXT NOT NULL,
+  provider_id TEXT NOT NULL,
+  verified_at INTEGER NOT NULL,
+  certificate TEXT NOT NULL,
+  PRIMARY KEY (amid, provider)
+);
+)sql",
 };
 
 constexpr std::string_view kAgentColumns =
@@ -146,6 +186,25 @@ AgentRecord ReadAgent(const Statement& s) {
   a.updated_at = s.ColumnInt(13);
   a.revoked = s.ColumnInt(14) != 0;
   return a;
+}
+
+constexpr std::string_view kOrganizationColumns =
+    "id, name, domain, admin_amid, admin_signing_key, dns_challenge, verified, verified_at, "
+    "root_certificate, created_at";
+
+OrganizationRecord ReadOrganization(const Statement& s) {
+  OrganizationRecord o;
+  o.id = std::string(s.ColumnText(0));
+  o.name = std::string(s.ColumnText(1));
+  o.domain = std::string(s.ColumnText(2));
+  o.admin_amid = std::string(s.ColumnText(3));
+  o.admin_signing_key = std::string(s.ColumnText(4));
+  o.dns_challenge = std::string(s.ColumnText(5));
+  o.verified = s.ColumnInt(6) != 0;
+  if (!s.ColumnIsNull(7)) o.verified_at = s.ColumnInt(7);
+  o.root_certificate = OptText(s, 8);
+  o.created_at = s.ColumnInt(9);
+  return o;
 }
 
 RevocationRecord ReadRevocation(const Statement& s) {
@@ -695,7 +754,223 @@ class SqliteStore final : public RegistryStore {
     return out;
   }
 
+  // ── Organisations / OAuth ──
+
+  Result<void> InsertOrganization(const OrganizationRecord& o) override {
+    std::lock_guard lock(write_mu_);
+    AMESH_TRY(p, writer_->Prepare(
+                     "INSERT INTO organizations (id, name, domain, admin_amid, admin_signing_key, "
+                     "dns_challenge, verified, verified_at, root_certificate, created_at) VALUES "
+                     "(?1, ?2, ?3, ?4, ?5, ?6, 0, NULL, NULL, ?7)"));
+    Use s(p);
+    s->Bind(1, o.id)
+        .Bind(2, o.name)
+        .Bind(3, o.domain)
+        .Bind(4, o.admin_amid)
+        .Bind(5, o.admin_signing_key)
+        .Bind(6, o.dns_challenge)
+        .Bind(7, o.created_at);
+    if (auto r = s->Run(); !r) {
+      if (r.error().code == Code::kConflict) {
+        return Fail(Code::kConflict, "domain already registered");
+      }
+      return r;
+    }
+    return {};
+  }
+
+  Result<std::optional<OrganizationRecord>> GetOrganization(std::string_view id) override {
+    return OrganizationWhere("id", id);
+  }
+
+  Result<std::optional<OrganizationRecord>> GetOrganizationByDomain(
+      std::string_view domain) override {
+    return OrganizationWhere("domain", domain);
+  }
+
+  Result<bool> MarkOrganizationVerified(std::string_view id, UnixNanos verified_at,
+                                        std::string_view root_certificate) override {
+    std::lock_guard lock(write_mu_);
+    AMESH_TRY(p, writer_->Prepare("UPDATE organizations SET verified = 1, verified_at = ?2, "
+                                  "root_certificate = ?3 WHERE id = ?1 AND verified = 0"));
+    Use s(p);
+    s->Bind(1, id).Bind(2, verified_at).Bind(3, root_certificate);
+    AMESH_CHECK(s->Run());
+    return writer_->db.Changes() > 0;
+  }
+
+  Result<void> AddOrganizationAgent(std::string_view organization_id, std::string_view domain,
+                                    std::string_view amid, std::string_view certificate,
+                                    UnixNanos added_at) override {
+    std::lock_guard lock(write_mu_);
+    Conn& c = *writer_;
+    storage::Transaction tx(c.db);
+    AMESH_CHECK(tx.status());
+    {
+      // The WHERE of the upsert keeps a membership of another organisation untouched (0 rows).
+      AMESH_TRY(p, c.Prepare("INSERT INTO organization_agents (amid, organization_id, "
+                             "certificate, added_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (amid) "
+                             "DO UPDATE SET certificate = excluded.certificate, added_at = "
+                             "excluded.added_at WHERE organization_agents.organization_id = "
+                             "excluded.organization_id"));
+      Use s(p);
+      s->Bind(1, amid).Bind(2, organization_id).Bind(3, certificate).Bind(4, added_at);
+      if (auto r = s->Run(); !r) {
+        // A foreign-key failure: the agent row does not exist.
+        if (r.error().code == Code::kConflict) return Fail(Code::kNotFound, "Agent not found");
+        return r;
+      }
+      if (c.db.Changes() == 0) {
+        return Fail(Code::kConflict, "agent belongs to another organization");
+      }
+    }
+    {
+      AMESH_TRY(p, c.Prepare("UPDATE agents SET tier_rank = 2, organization = ?2, updated_at = ?3 "
+                             "WHERE amid = ?1 AND revoked = 0"));
+      Use s(p);
+      s->Bind(1, amid).Bind(2, domain).Bind(3, added_at);
+      AMESH_CHECK(s->Run());
+      if (c.db.Changes() == 0) return Fail(Code::kNotFound, "Agent not found or revoked");
+    }
+    return tx.Commit();
+  }
+
+  Result<std::optional<std::string>> GetOrganizationAgentCertificate(
+      std::string_view amid) override {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare("SELECT certificate FROM organization_agents WHERE amid = ?1"));
+    Use s(p);
+    s->Bind(1, amid);
+    AMESH_TRY(row, s->Step());
+    if (!row) return std::optional<std::string>{};
+    return std::optional<std::string>(std::string(s->ColumnText(0)));
+  }
+
+  Result<std::uint64_t> CountOrganizationAgents(std::string_view organization_id) override {
+    Reader r(*this);
+    return CountQuery(*r, "SELECT count(*) FROM organization_agents WHERE organization_id = ?1",
+                      organization_id);
+  }
+
+  Result<void> InsertOAuthState(const OAuthStateRecord& st) override {
+    std::lock_guard lock(write_mu_);
+    AMESH_TRY(p, writer_->Prepare("INSERT INTO oauth_states (state, amid, provider, created_at, "
+                                  "expires_at, consumed) VALUES (?1, ?2, ?3, ?4, ?5, 0)"));
+    Use s(p);
+    s->Bind(1, st.state)
+        .Bind(2, st.amid)
+        .Bind(3, st.provider)
+        .Bind(4, st.created_at)
+        .Bind(5, st.expires_at);
+    if (auto r = s->Run(); !r) {
+      if (r.error().code == Code::kConflict) return Fail(Code::kConflict, "state exists");
+      return r;
+    }
+    return {};
+  }
+
+  Result<std::optional<OAuthStateRecord>> GetOAuthState(std::string_view state) override {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare("SELECT state, amid, provider, created_at, expires_at, consumed FROM "
+                            "oauth_states WHERE state = ?1"));
+    Use s(p);
+    s->Bind(1, state);
+    AMESH_TRY(row, s->Step());
+    if (!row) return std::optional<OAuthStateRecord>{};
+    OAuthStateRecord out;
+    out.state = std::string(s->ColumnText(0));
+    out.amid = std::string(s->ColumnText(1));
+    out.provider = std::string(s->ColumnText(2));
+    out.created_at = s->ColumnInt(3);
+    out.expires_at = s->ColumnInt(4);
+    out.consumed = s->ColumnInt(5) != 0;
+    return std::optional<OAuthStateRecord>(std::move(out));
+  }
+
+  Result<std::uint64_t> DeleteExpiredOAuthStates(UnixNanos now) override {
+    std::lock_guard lock(write_mu_);
+    AMESH_TRY(p, writer_->Prepare("DELETE FROM oauth_states WHERE expires_at <= ?1"));
+    Use s(p);
+    s->Bind(1, now);
+    AMESH_CHECK(s->Run());
+    return static_cast<std::uint64_t>(writer_->db.Changes());
+  }
+
+  Result<bool> CompleteOAuthVerification(std::string_view state, UnixNanos now,
+                                         const AgentVerificationRecord& v) override {
+    std::lock_guard lock(write_mu_);
+    Conn& c = *writer_;
+    storage::Transaction tx(c.db);
+    AMESH_CHECK(tx.status());
+    {
+      AMESH_TRY(p, c.Prepare("UPDATE oauth_states SET consumed = 1 WHERE state = ?1 AND amid = ?2 "
+                             "AND provider = ?3 AND consumed = 0 AND expires_at > ?4"));
+      Use s(p);
+      s->Bind(1, state).Bind(2, v.amid).Bind(3, v.provider).Bind(4, now);
+      AMESH_CHECK(s->Run());
+      if (c.db.Changes() == 0) return false;
+    }
+    {
+      AMESH_TRY(p, c.Prepare("UPDATE agents SET tier_rank = CASE WHEN tier_rank < 1 THEN 1 ELSE "
+                             "tier_rank END, updated_at = ?2 WHERE amid = ?1 AND revoked = 0"));
+      Use s(p);
+      s->Bind(1, v.amid).Bind(2, now);
+      AMESH_CHECK(s->Run());
+      if (c.db.Changes() == 0) return Fail(Code::kNotFound, "Agent not found or revoked");
+    }
+    {
+      AMESH_TRY(p, c.Prepare("INSERT INTO agent_verifications (amid, provider, provider_id, "
+                             "verified_at, certificate) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT "
+                             "(amid, provider) DO UPDATE SET provider_id = excluded.provider_id, "
+                             "verified_at = excluded.verified_at, certificate = "
+                             "excluded.certificate"));
+      Use s(p);
+      s->Bind(1, v.amid)
+          .Bind(2, v.provider)
+          .Bind(3, v.provider_id)
+          .Bind(4, v.verified_at)
+          .Bind(5, v.certificate);
+      AMESH_CHECK(s->Run());
+    }
+    AMESH_CHECK(tx.Commit());
+    return true;
+  }
+
+  Result<std::vector<AgentVerificationRecord>> ListAgentVerifications(
+      std::string_view amid) override {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare("SELECT amid, provider, provider_id, verified_at, certificate FROM "
+                            "agent_verifications WHERE amid = ?1 ORDER BY provider"));
+    Use s(p);
+    s->Bind(1, amid);
+    std::vector<AgentVerificationRecord> out;
+    while (true) {
+      AMESH_TRY(row, s->Step());
+      if (!row) break;
+      AgentVerificationRecord v;
+      v.amid = std::string(s->ColumnText(0));
+      v.provider = std::string(s->ColumnText(1));
+      v.provider_id = std::string(s->ColumnText(2));
+      v.verified_at = s->ColumnInt(3);
+      v.certificate = std::string(s->ColumnText(4));
+      out.push_back(std::move(v));
+    }
+    return out;
+  }
+
  private:
+  Result<std::optional<OrganizationRecord>> OrganizationWhere(std::string_view column,
+                                                              std::string_view value) {
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare(fmt::format("SELECT {} FROM organizations WHERE {} = ?1",
+                                        kOrganizationColumns, column)));
+    Use s(p);
+    s->Bind(1, value);
+    AMESH_TRY(row, s->Step());
+    if (!row) return std::optional<OrganizationRecord>{};
+    return std::optional<OrganizationRecord>(ReadOrganization(*s));
+  }
+
   // Borrows a reader connection for one call (the writer when there are no readers).
   class Reader {
    public:

@@ -1,5 +1,5 @@
-// Storage interface of amesh-registry: one abstract class, two backends (SQLite now, PostgreSQL
-// next), the same behaviour. Every operation maps onto one statement or one short transaction of
+// Storage interface of amesh-registry: one abstract class, two backends (SQLite, PostgreSQL), the
+// same behaviour. Every operation maps onto one statement or one short transaction of
 // SQL that both engines speak, so a backend is a table of SQL strings plus type conversions.
 //
 // ── Data model (one table per block, columns as in the SQLite schema, sqlite_store.cpp) ──────────
@@ -18,6 +18,14 @@
 //                      ip_key, created_at, UNIQUE (from_amid, session_id)
 //   completed_sessions session_id PK, id, initiator_amid, receiver_amid, intent, outcome,
 //                      started_at?, reporter_amid, created_at
+//   organizations      id PK (UUID text), name, domain UNIQUE (lower case), admin_amid,
+//                      admin_signing_key, dns_challenge, verified (0/1), verified_at?,
+//                      root_certificate? (the org certificate JSON, set on verification),
+//                      created_at
+//   organization_agents amid PK, organization_id, certificate (agent certificate JSON), added_at
+//                      An agent belongs to at most one organisation.
+//   oauth_states       state PK, amid, provider, created_at, expires_at, consumed (0/1)
+//   agent_verifications (amid, provider) PK, provider_id, verified_at, certificate
 //
 // Key strings are stored in the canonical prefixed form ("ed25519:<b64>", "x25519:<b64>"); the
 // HTTP layer normalises them. Times are UnixNanos (signed 64-bit nanoseconds since the epoch).
@@ -168,6 +176,39 @@ struct SessionCounts {
   std::uint64_t successful = 0;  // outcome = 'success'
 };
 
+// An organisation (DNS domain) registered by an admin agent.
+struct OrganizationRecord {
+  std::string id;  // UUID text
+  std::string name;
+  std::string domain;  // lower-case LDH labels, at least two
+  std::string admin_amid;
+  std::string admin_signing_key;  // "ed25519:<b64>", the admin's key when it registered
+  std::string dns_challenge;      // the random token; the TXT value is "agentmesh-verify=<token>"
+  bool verified = false;
+  std::optional<UnixNanos> verified_at;
+  std::optional<std::string> root_certificate;  // org certificate JSON text, once verified
+  UnixNanos created_at = 0;
+};
+
+// An OAuth authorization in progress: `state` is the random value sent to the provider.
+struct OAuthStateRecord {
+  std::string state;
+  std::string amid;
+  std::string provider;  // "github" | "google"
+  UnixNanos created_at = 0;
+  UnixNanos expires_at = 0;
+  bool consumed = false;
+};
+
+// A completed OAuth verification of an agent by one provider.
+struct AgentVerificationRecord {
+  std::string amid;
+  std::string provider;
+  std::string provider_id;  // the provider's stable user id (GitHub id, Google sub)
+  UnixNanos verified_at = 0;
+  std::string certificate;  // the root-signed agent certificate JSON text (tier verified)
+};
+
 class RegistryStore {
  public:
   virtual ~RegistryStore() = default;
@@ -241,11 +282,86 @@ class RegistryStore {
   // reputation_score DESC, amid ASC.
   virtual Result<std::vector<std::string>> LeaderboardCandidates(std::uint64_t min_feedback,
                                                                  std::uint32_t limit) = 0;
+
+  // ── Organisations / OAuth ──
+  // Not pure: a backend that lacks them answers kUnavailable "not supported by this backend"
+  // (the HTTP layer turns that into 503). The SQL of the SQLite backend is plain SQL both
+  // engines speak; a backend ports it as it is.
+  //
+  // Inserts the organisation (verified = 0, no certificate). kConflict when the domain is taken
+  // (or the id exists).
+  virtual Result<void> InsertOrganization(const OrganizationRecord& /*org*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  virtual Result<std::optional<OrganizationRecord>> GetOrganization(std::string_view /*id*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  virtual Result<std::optional<OrganizationRecord>> GetOrganizationByDomain(
+      std::string_view /*domain*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  // Sets verified = 1, verified_at and root_certificate, only while verified = 0 (one statement:
+  // UPDATE ... WHERE id = ? AND verified = 0). False when the organisation is unknown or was
+  // verified already (the stored certificate then stays).
+  virtual Result<bool> MarkOrganizationVerified(std::string_view /*id*/, UnixNanos /*verified_at*/,
+                                                std::string_view /*root_certificate*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  // In one transaction: upserts organization_agents (amid, organization_id, certificate,
+  // added_at) and sets the agent's tier_rank = 2, organization = `domain`, updated_at = added_at.
+  // kConflict when the agent belongs to another organisation already (nothing written);
+  // kNotFound when the agent is unknown or revoked (nothing written).
+  virtual Result<void> AddOrganizationAgent(std::string_view /*organization_id*/,
+                                            std::string_view /*domain*/, std::string_view /*amid*/,
+                                            std::string_view /*certificate*/,
+                                            UnixNanos /*added_at*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  // The agent certificate stored for `amid` by AddOrganizationAgent, or nullopt.
+  virtual Result<std::optional<std::string>> GetOrganizationAgentCertificate(
+      std::string_view /*amid*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  virtual Result<std::uint64_t> CountOrganizationAgents(std::string_view /*organization_id*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+
+  // Inserts a new state (consumed = 0). kConflict when the state exists.
+  virtual Result<void> InsertOAuthState(const OAuthStateRecord& /*state*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  // The state row whatever its expiry or consumption (for error messages), or nullopt.
+  virtual Result<std::optional<OAuthStateRecord>> GetOAuthState(std::string_view /*state*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  // Deletes states whose expires_at <= now; returns how many.
+  virtual Result<std::uint64_t> DeleteExpiredOAuthStates(UnixNanos /*now*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  // In one transaction:
+  //   1. consumes the state: UPDATE oauth_states SET consumed = 1 WHERE state = ? AND amid = ?
+  //      AND provider = ? AND consumed = 0 AND expires_at > now — atomically, so of two
+  //      concurrent calls with one state exactly one gets past this step;
+  //   2. upserts agent_verifications on (amid, provider);
+  //   3. raises the agent's tier_rank to at least 1 (an organisation agent stays 2) and sets
+  //      updated_at = now, only when it is not revoked.
+  // False (nothing written) when step 1 matched no row; kNotFound (rolled back, the state stays
+  // unconsumed) when the agent is unknown or revoked.
+  virtual Result<bool> CompleteOAuthVerification(std::string_view /*state*/, UnixNanos /*now*/,
+                                                 const AgentVerificationRecord& /*verification*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
+  // The agent's verifications, ordered by provider.
+  virtual Result<std::vector<AgentVerificationRecord>> ListAgentVerifications(
+      std::string_view /*amid*/) {
+    return Fail(Code::kUnavailable, "not supported by this backend");
+  }
 };
 
 // Opens the backend named by a database URL: "sqlite:PATH" (created 0600 when absent) or
-// "sqlite::memory:". Does not migrate. kInvalidArgument for an unknown scheme; "postgresql://"
-// answers kUnavailable until that backend exists.
+// "sqlite::memory:", or "postgresql://…" / "postgres://…" (the PostgreSQL backend, pg_store.hpp;
+// kUnavailable when the server cannot be reached). Does not migrate. kInvalidArgument for an
+// unknown scheme.
 Result<std::unique_ptr<RegistryStore>> OpenStore(const std::string& url);
 
 }  // namespace agentmesh::registry

@@ -1,13 +1,31 @@
 // Fixture of the registry integration tests: test agents that sign requests per PROTOCOL.md §7,
 // and the real amesh-registry binary started on a free port with a temp state directory.
 // Header-only, included by each test file of registry_tests; everything is inline.
+//
+// Backends: the same test binary runs against SQLite and PostgreSQL. The environment variable
+// AMESH_TEST_REGISTRY_BACKEND picks one: unset or "sqlite" is the registry's default database
+// (sqlite:registry.db in the state directory); "postgresql" gives every RegistryState a fresh
+// database on the process's shared throw-away server (TestPostgres::Shared(), one initdb per test
+// process) and passes it as `--db <uri>`. ctest registers every case twice, as "registry:…"
+// (SQLite) and "registry-pg:…" (PostgreSQL). When the PostgreSQL server binaries are missing, a
+// PostgreSQL run prints WARN("SKIPPED: …") and ends the test process with exit code 77, which
+// ctest reports as skipped (SKIP_RETURN_CODE); CI installs them (scripts/deps.sh).
+//
+// Restarts: a RegistryState (state directory + database) outlives the processes started on it;
+// Registry::Restart() or a second Registry built from registry.state() runs a new process on the
+// same data, on either backend.
 #pragma once
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <iostream>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -19,6 +37,9 @@
 #include "agentmesh/core/registry_auth.hpp"
 #include "http_client.hpp"
 #include "process.hpp"
+#if AMESH_TEST_HAVE_PG
+#include "postgres_server.hpp"
+#endif
 #if __has_include("agentmesh/core/did.hpp")
 #include "agentmesh/core/did.hpp"
 #define AMESH_TEST_CORE_DID 1
@@ -78,28 +99,80 @@ struct TestAgent {
   }
 };
 
+enum class Backend { kSqlite, kPostgres };
+
+// The backend named by AMESH_TEST_REGISTRY_BACKEND; an unknown name fails the test.
+inline Backend TestBackend() {
+  const char* env = std::getenv("AMESH_TEST_REGISTRY_BACKEND");
+  const std::string name = env != nullptr ? env : "";
+  if (name.empty() || name == "sqlite") return Backend::kSqlite;
+  INFO("AMESH_TEST_REGISTRY_BACKEND=" << name);
+  REQUIRE((name == "postgresql" || name == "postgres"));
+  return Backend::kPostgres;
+}
+
+inline bool OnPostgres() { return TestBackend() == Backend::kPostgres; }
+
+// Ends the test process as skipped (ctest SKIP_RETURN_CODE 77) after a visible warning. Catch2 v2
+// has no skip, and a passing test that tested nothing would hide a missing server in CI.
+[[noreturn]] inline void SkipTestProcess(const std::string& reason) {
+  WARN("SKIPPED: " << reason);
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  std::_Exit(77);
+}
+
+// The `--db` arguments for a registry on a fresh database of the selected backend: none on
+// SQLite (the registry's default file in its state directory), {"--db", "postgresql:///…"} on
+// PostgreSQL (a URI over the test server's Unix socket). Skips the test process when the PostgreSQL
+// server is not installed; fails the test when it is installed but does not work.
+inline std::vector<std::string> FreshDatabaseArgs() {
+  if (!OnPostgres()) return {};
+#if AMESH_TEST_HAVE_PG
+  auto& pg = TestPostgres::Shared();
+  if (!pg.Available()) SkipTestProcess("PostgreSQL backend: " + pg.reason());
+  INFO(pg.reason());
+  REQUIRE(pg.running());
+  const std::string db = pg.NewDatabaseUri();
+  INFO(pg.reason());
+  REQUIRE_FALSE(db.empty());
+  return {"--db", db};
+#else
+  SkipTestProcess("PostgreSQL backend: this build has no libpq (libpq-dev), so no agentmesh_pg");
+#endif
+}
+
+// What a registry keeps between runs: its state directory (root key, SQLite file) and, on
+// PostgreSQL, its database. Shared by every Registry started on it.
+class RegistryState {
+ public:
+  RegistryState() : db_args_(FreshDatabaseArgs()) {}
+  RegistryState(const RegistryState&) = delete;
+  RegistryState& operator=(const RegistryState&) = delete;
+
+  const std::filesystem::path& dir() const { return dir_.path(); }
+  // {} on SQLite, {"--db", "postgresql:///…"} on PostgreSQL.
+  const std::vector<std::string>& db_args() const { return db_args_; }
+  Backend backend() const { return db_args_.empty() ? Backend::kSqlite : Backend::kPostgres; }
+  // The SQLite database file (meaningful on the SQLite backend only).
+  std::filesystem::path sqlite_path() const { return dir_.path() / "registry.db"; }
+
+ private:
+  std::vector<std::string> db_args_;  // first: a skipped process must not leave a temp dir
+  TempDir dir_;
+};
+
 class Registry {
  public:
   explicit Registry(std::vector<std::string> extra = {}, bool wait_ready = true)
-      : extra_(std::move(extra)) {
-    std::vector<std::string> argv = {AMESH_REGISTRY_BIN,
-                                     "--listen",
-                                     "127.0.0.1:0",
-                                     "--state-dir",
-                                     dir_.path().string(),
-                                     "--log-level",
-                                     "debug",
-                                     "--register-per-minute",
-                                     "100000",
-                                     "--search-per-minute",
-                                     "100000"};
-    argv.insert(argv.end(), extra_.begin(), extra_.end());
-    REQUIRE(process_.Start(argv, dir_.path() / "registry.log"));
-    auto line = process_.WaitForLine("starting on port", 10s);
-    INFO(process_.StderrLog());
-    REQUIRE(line.has_value());
-    port_ = static_cast<std::uint16_t>(std::stoi(line->substr(line->rfind(' ') + 1)));
-    if (wait_ready) WaitReady();
+      : Registry(std::make_shared<RegistryState>(), std::move(extra), wait_ready) {}
+
+  // A registry on existing state (e.g. another Registry's state(), after that one stopped).
+  Registry(std::shared_ptr<RegistryState> state, std::vector<std::string> extra = {},
+           bool wait_ready = true)
+      : state_(std::move(state)), extra_(std::move(extra)) {
+    Launch(wait_ready);
   }
 
   void WaitReady() {
@@ -109,8 +182,26 @@ class Registry {
     REQUIRE(std::stoi(line->substr(line->rfind(' ') + 1)) == port_);
   }
 
+  // Stops the process (SIGKILL when `kill`, else SIGTERM and a clean exit) and starts a new one
+  // with the same arguments on the same state directory and database. The port changes.
+  void Restart(bool kill = true, bool wait_ready = true) {
+    conn_.reset();
+    if (kill) {
+      process_.Kill();
+    } else {
+      const int status = process_.Signal(SIGTERM, true);
+      INFO(process_.StderrLog());
+      REQUIRE(status != -1);
+      CHECK(WIFEXITED(status));
+    }
+    ++runs_;
+    Launch(wait_ready);
+  }
+
   std::uint16_t port() const { return port_; }
-  const std::filesystem::path& dir() const { return dir_.path(); }
+  const std::filesystem::path& dir() const { return state_->dir(); }
+  const std::shared_ptr<RegistryState>& state() const { return state_; }
+  Backend backend() const { return state_->backend(); }
   ChildProcess& process() { return process_; }
   std::string log() const { return process_.StderrLog(); }
 
@@ -128,11 +219,39 @@ class Registry {
   HttpResult Search(const std::string& query) { return Get("/v1/registry/search?" + query); }
 
  private:
-  TempDir dir_;
+  std::shared_ptr<RegistryState> state_;
   ChildProcess process_;
   std::vector<std::string> extra_;
   std::uint16_t port_ = 0;
+  int runs_ = 0;
   std::unique_ptr<HttpConnection> conn_;
+
+  void Launch(bool wait_ready) {
+    std::vector<std::string> argv = {AMESH_REGISTRY_BIN,
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--state-dir",
+                                     state_->dir().string(),
+                                     "--log-level",
+                                     "debug",
+                                     "--register-per-minute",
+                                     "100000",
+                                     "--search-per-minute",
+                                     "100000"};
+    // A test that names its own database keeps it.
+    if (std::find(extra_.begin(), extra_.end(), "--db") == extra_.end()) {
+      argv.insert(argv.end(), state_->db_args().begin(), state_->db_args().end());
+    }
+    argv.insert(argv.end(), extra_.begin(), extra_.end());
+    const auto log = state_->dir() / (runs_ == 0 ? std::string("registry.log")
+                                                 : "registry-" + std::to_string(runs_) + ".log");
+    REQUIRE(process_.Start(argv, log));
+    auto line = process_.WaitForLine("starting on port", 10s);
+    INFO(process_.StderrLog());
+    REQUIRE(line.has_value());
+    port_ = static_cast<std::uint16_t>(std::stoi(line->substr(line->rfind(' ') + 1)));
+    if (wait_ready) WaitReady();
+  }
 
   HttpConnection& conn() {
     if (!conn_) conn_ = std::make_unique<HttpConnection>(port_);
