@@ -218,6 +218,7 @@ struct SenderLimits {
 // ends first, and to send the sender its receipt.
 struct Inflight {
   bool in_store = false;
+  std::uint64_t live_order = 0;  // delivery order of live messages on their connection
   MessageType type = MessageType::kMessage;
   std::uint8_t sender_size = 0;
   UnixNanos created_at = 0;
@@ -240,6 +241,7 @@ struct Conn {
   bool closing = false;
   bool more_pending = false;    // queued messages held back by flow control
   std::int64_t pushed_seq = 0;  // store seq of the last queued message written to this connection
+  std::uint32_t store_inflight = 0;  // entries of `inflight` pushed from the store
   // Messages written to this connection and not yet acked, by message id.
   std::unordered_map<MessageKey, Inflight, MessageKeyHash> inflight;
   SenderLimits* limits = nullptr;  // this agent's buckets in limits_ (reset when it is cleared)
@@ -443,12 +445,22 @@ class Relay::Impl {
   }
 
   // Live, unacked messages of a closing connection go to the store so they are delivered again.
+  // They are stored in the order they were delivered, so the next connection gets them in the
+  // order their senders sent them (a ratchet chain cannot skip ahead by more than its limit).
   void PersistInflight(Conn& conn) {
-    std::vector<QueuedMessage> batch;
+    std::vector<std::pair<std::uint64_t, QueuedMessage>> live;
     for (auto& [key, inflight] : conn.inflight) {
-      if (!inflight.in_store) batch.push_back(ToQueued(conn.amid, key, std::move(inflight)));
+      if (!inflight.in_store) {
+        live.emplace_back(inflight.live_order, ToQueued(conn.amid, key, std::move(inflight)));
+      }
     }
     conn.inflight.clear();
+    conn.store_inflight = 0;
+    std::sort(live.begin(), live.end(),
+              [](const auto& x, const auto& y) { return x.first < y.first; });
+    std::vector<QueuedMessage> batch;
+    batch.reserve(live.size());
+    for (auto& entry : live) batch.push_back(std::move(entry.second));
     if (batch.empty()) return;
     if (auto r = store_->Insert(batch); !r) {
       Log(LogLevel::kError, "store: cannot persist in-flight messages: " + r.error().message);
@@ -513,6 +525,8 @@ class Relay::Impl {
   void CloseConn(Conn& conn, std::uint16_t code, std::string_view reason) {
     if (conn.closing) return;
     conn.closing = true;
+    // Now, not when the socket is gone: sends from here on queue behind these, in order.
+    PersistInflight(conn);
     server_->Close(conn.id, code, reason);
   }
 
@@ -685,6 +699,7 @@ class Relay::Impl {
       if (IsInflight(conn, m.message_id)) continue;
       if (const auto key = ParseMessageKey(m.message_id)) {
         conn.inflight[*key].in_store = true;
+        ++conn.store_inflight;
       }
       conn.pushed_seq = std::max(conn.pushed_seq, m.seq);
       ++marked;
@@ -734,7 +749,9 @@ class Relay::Impl {
     Conn* target = nullptr;
     if (auto route = routes_.find(frame.to); route != routes_.end()) {
       auto c = conns_.find(route->second);
-      if (c != conns_.end() && !c->second.closing) target = &c->second;
+      if (c != conns_.end() && !c->second.closing && !HasStoredBacklog(c->second)) {
+        target = &c->second;
+      }
     } else if (!Amid::Parse(frame.to)) {
       Refuse(conn, frame, ErrorCode::kInvalidMessage, "'to' is not a valid AMID");
       return;
@@ -755,6 +772,7 @@ class Relay::Impl {
           server_->SendText(conn.id, out_);
         }
         Inflight& f = target->inflight[key];
+        f.live_order = ++live_order_;
         f.type = frame.message_type;
         f.created_at = now;
         f.expires_at = expires_at;
@@ -784,6 +802,13 @@ class Relay::Impl {
     ++pending_per_recipient_[m.recipient];
     pending_.push_back(std::move(m));
     pending_senders_.push_back(conn.id);
+  }
+
+  // Whether messages older than a new send still wait in the store for this connection (not yet
+  // pushed, or queued this turn): the new send then queues behind them instead of overtaking them.
+  bool HasStoredBacklog(const Conn& target) const {
+    return target.more_pending || PendingFor(target.amid) > 0 ||
+           QueueCount(target.amid) > target.store_inflight;
   }
 
   std::uint32_t PendingFor(const std::string& amid) const {
@@ -867,7 +892,10 @@ class Relay::Impl {
       auto it = key ? conn.inflight.find(*key) : conn.inflight.end();
       if (it == conn.inflight.end() || it->second.in_store) {
         from_store.push_back(id);
-        if (it != conn.inflight.end()) conn.inflight.erase(it);
+        if (it != conn.inflight.end()) {
+          conn.inflight.erase(it);
+          --conn.store_inflight;
+        }
         continue;
       }
       if (acked) ++metrics_.acked;
@@ -1097,6 +1125,7 @@ class Relay::Impl {
   std::unique_ptr<net::WsServer> server_;
   uv_timer_t* timer_ = nullptr;
   uv_check_t* check_ = nullptr;
+  std::uint64_t live_order_ = 0;
   bool timer_started_ = false;
   bool stopping_ = false;
   SystemRng rng_;
