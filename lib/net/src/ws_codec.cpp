@@ -118,7 +118,10 @@ std::size_t WsCodec::FrameSize(std::size_t payload_len) const noexcept {
 void WsCodec::AppendFrame(Bytes& out, WsOpcode opcode, ByteView payload) {
   const bool control = (static_cast<std::uint8_t>(opcode) & 0x8) != 0;
   if (control && payload.size() > 125) payload = payload.first(125);
-  out.reserve(out.size() + FrameSize(payload.size()));
+  // Geometric growth: an exact reserve per frame would copy the whole buffer on every append,
+  // quadratic when one loop turn queues many frames for a connection.
+  const std::size_t need = out.size() + FrameSize(payload.size());
+  if (need > out.capacity()) out.reserve(std::max(need, 2 * out.capacity()));
   wslay_frame_iocb iocb{};
   iocb.fin = 1;
   iocb.rsv = WSLAY_RSV_NONE;
