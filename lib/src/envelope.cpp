@@ -125,11 +125,8 @@ Result<Envelope> BuildEnvelope(const EnvelopeParams& params, const Ed25519KeyPai
                 fmt::format("envelope is {} bytes serialized, limit {}", text.size(), limit));
   }
 
-  json object = {
-      {"session_id", params.session_id}, {"sequence", params.sequence}, {"from", params.from.str()},
-      {"to", params.to.str()},           {"type", type_name},           {"timestamp", timestamp},
-      {"payload", params.payload}};
-  if (signature) object["signature"] = std::move(sig_text);
+  // No DOM of the whole envelope (Envelope::object stays null, Object() parses `text` on demand):
+  // the payload is copied once, into Envelope::payload.
   const std::size_t size = text.size();
   return Envelope{.session_id = params.session_id,
                   .sequence = params.sequence,
@@ -139,7 +136,7 @@ Result<Envelope> BuildEnvelope(const EnvelopeParams& params, const Ed25519KeyPai
                   .timestamp = params.timestamp,
                   .payload = params.payload,
                   .signature = signature,
-                  .object = std::move(object),
+                  .object = nullptr,
                   .text = std::move(text),
                   .wire_size = size};
 }
@@ -170,6 +167,12 @@ Result<EnvelopeType> ParseEnvelopeType(std::string_view name) {
 }
 
 std::string Envelope::Serialize() const { return text.empty() ? detail::Dump(object) : text; }
+
+json Envelope::Object() const {
+  if (!object.is_null() || text.empty()) return object;
+  json parsed = json::parse(text, nullptr, false);
+  return parsed.is_discarded() ? json() : parsed;
+}
 
 Result<Envelope> BuildSignedEnvelope(const EnvelopeParams& params, const Ed25519KeyPair& signer) {
   return BuildEnvelope(params, &signer);
@@ -221,8 +224,13 @@ Result<void> VerifyEnvelope(const Envelope& envelope, const EnvelopeCheck& check
       return r;
     }
   }
+  // A built envelope has no DOM (object is null); its text is canonical JSON, parsed here only
+  // when its signature has to be checked.
+  const bool has_signature_member =
+      envelope.signature.has_value() ||
+      (envelope.object.is_object() && envelope.object.contains("signature"));
   if (!check.signed_messages) {
-    if (envelope.object.contains("signature")) {
+    if (has_signature_member) {
       return Invalid("signature", "must be absent: the session negotiated unsigned messages");
     }
     return {};
@@ -231,6 +239,8 @@ Result<void> VerifyEnvelope(const Envelope& envelope, const EnvelopeCheck& check
     return Fail(Code::kAuthFailed, "the session requires signed messages", "signature");
   }
   if (auto r = detail::CheckAmidOfKey(check.sender, check.sender_key, "from"); !r) return r;
+  if (envelope.object.is_null())
+    return detail::VerifySignature(envelope.Object(), check.sender_key);
   return detail::VerifySignature(envelope.object, check.sender_key);
 }
 

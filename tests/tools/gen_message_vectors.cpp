@@ -283,7 +283,7 @@ json EnvelopeVectors(const Party& alice, const Party& bob, const std::string& se
                    {"timestamp", c.timestamp},
                    {"payload", c.payload},
                    {"signed", c.sign}};
-    vectors.push_back(Record(c.name, inputs, e.object, e.Serialize()));
+    vectors.push_back(Record(c.name, inputs, e.Object(), e.Serialize()));
   }
   return vectors;
 }

@@ -126,13 +126,13 @@ TEST_CASE("envelope vectors are recomputed byte for byte", "[envelope]") {
     const bool is_signed = in["signed"].get<bool>();
     auto built = is_signed ? BuildSignedEnvelope(p, from.signing) : BuildUnsignedEnvelope(p);
     REQUIRE(built);
-    CHECK(*SigningInput(built->object) == v["signing_string"].get<std::string>());
+    CHECK(*SigningInput(built->Object()) == v["signing_string"].get<std::string>());
     CHECK(built->Serialize() == v["serialized"].get<std::string>());
     if (is_signed) {
-      CHECK(built->object["signature"] == v["signature"]);
+      CHECK(built->Object()["signature"] == v["signature"]);
     } else {
       CHECK(v["signature"].is_null());
-      CHECK_FALSE(built->object.contains("signature"));
+      CHECK_FALSE(built->Object().contains("signature"));
     }
     // The receiver's view.
     auto parsed = ParseEnvelope(v["serialized"].get<std::string>());
@@ -165,14 +165,39 @@ TEST_CASE("envelope round trips, signed and unsigned", "[envelope]") {
     CHECK(parsed->timestamp == kT0);
     CHECK(parsed->payload == json{{"q", "flights TLV-BER"}, {"n", 2}});
     CHECK(parsed->signature.has_value() == is_signed);
-    CHECK(e.object.contains("signature") == is_signed);
+    CHECK(e.Object().contains("signature") == is_signed);
     CHECK(VerifyEnvelope(*parsed, f.Check(is_signed), kT0));
   }
 }
 
+TEST_CASE("envelope: a built envelope carries no DOM; Object() and Verify work from its text",
+          "[envelope]") {
+  Fixture f;
+  for (bool is_signed : {true, false}) {
+    INFO("signed " << is_signed);
+    const Envelope e = is_signed ? f.Signed() : f.Unsigned();
+    CHECK(e.object.is_null());  // the builders do not pay for a second copy of the payload
+    CHECK(e.payload == json{{"q", "flights TLV-BER"}, {"n", 2}});
+    const json object = e.Object();
+    REQUIRE(object.is_object());
+    CHECK(object == json::parse(e.Serialize()));
+    CHECK(object["payload"] == e.payload);
+    CHECK(object.contains("signature") == is_signed);
+    // Verify straight on the built value, as on the parsed one.
+    CHECK(VerifyEnvelope(e, f.Check(is_signed), kT0));
+    // The other session kind refuses it either way.
+    CHECK_FALSE(VerifyEnvelope(e, f.Check(!is_signed), kT0));
+  }
+  // A parsed envelope keeps its DOM, and Object() returns it.
+  auto parsed = ParseEnvelope(f.Signed().Serialize());
+  REQUIRE(parsed);
+  CHECK(parsed->object.is_object());
+  CHECK(parsed->Object() == parsed->object);
+}
+
 TEST_CASE("envelope: every missing required member is named", "[envelope]") {
   Fixture f;
-  const json base = f.Signed().object;
+  const json base = f.Signed().Object();
   for (const char* key : {"session_id", "sequence", "from", "to", "type", "timestamp", "payload"}) {
     INFO(key);
     json j = base;
@@ -190,7 +215,7 @@ TEST_CASE("envelope: every missing required member is named", "[envelope]") {
 
 TEST_CASE("envelope: wrong JSON types and bad values are named", "[envelope]") {
   Fixture f;
-  const json base = f.Signed().object;
+  const json base = f.Signed().Object();
   const std::vector<std::pair<const char*, json>> cases = {
       {"session_id", 1},
       {"session_id", "not-a-uuid"},
@@ -272,7 +297,7 @@ TEST_CASE("envelope payload must be an object and close and error have required 
     CHECK(ValidatePayload(t, json::array()).error().field == "payload");
   }
   // Parsing applies the payload rules too.
-  json j = close_ok->object;
+  json j = close_ok->Object();
   j["payload"].erase("reason");
   CHECK(ParseEnvelope(j).error().field == "payload.reason");
 }
@@ -336,7 +361,7 @@ TEST_CASE("VerifyEnvelope checks the session's parties and signing mode", "[enve
 
 TEST_CASE("envelope: tampering with any member after signing fails verification", "[envelope]") {
   Fixture f;
-  const json base = f.Signed().object;
+  const json base = f.Signed().Object();
   const std::vector<std::pair<const char*, json>> edits = {
       {"sequence", 2},
       {"type", "response"},
@@ -381,14 +406,14 @@ TEST_CASE("envelope: tampering with any member after signing fails verification"
 
 TEST_CASE("envelope: unknown members signed by the sender are preserved", "[envelope]") {
   Fixture f;
-  json j = f.Signed().object;
+  json j = f.Signed().Object();
   j["x_trace_id"] = "abc";
   REQUIRE(SignObject(j, f.alice.signing.secret));
   auto e = ParseEnvelope(j.dump());
   REQUIRE(e);
   CHECK(VerifyEnvelope(*e, f.Check(), kT0));
   CHECK(e->Serialize().find("\"x_trace_id\":\"abc\"") != std::string::npos);
-  json stripped = e->object;
+  json stripped = e->Object();
   stripped.erase("x_trace_id");
   RequireFieldError(VerifyEnvelope(*ParseEnvelope(stripped), f.Check(), kT0).error(),
                     Code::kAuthFailed, "signature");
@@ -526,7 +551,7 @@ TEST_CASE("ParseSessionPlaintext dispatches on type", "[envelope]") {
   }
 
   // Unknown, missing or mistyped type.
-  json j = envelope.object;
+  json j = envelope.Object();
   j["type"] = "encrypted";
   auto unknown = ParseSessionPlaintext(j.dump());
   REQUIRE_FALSE(unknown);
@@ -599,7 +624,7 @@ TEST_CASE("plaintext parser survives hostile input", "[envelope]") {
     if (const auto* e = std::get_if<Envelope>(&*m)) {
       if (VerifyEnvelope(*e, f.Check(), kT0)) {
         // Only a semantically identical envelope (e.g. an escaped character) may verify.
-        CHECK(*SigningInput(e->object) == *SigningInput(f.Signed().object));
+        CHECK(*SigningInput(e->Object()) == *SigningInput(f.Signed().Object()));
       }
     }
   }

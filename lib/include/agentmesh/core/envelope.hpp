@@ -30,7 +30,7 @@
 //               "signature" member (SigningInput() in knock.hpp). When unsigned the member is
 //               absent, and the AEAD alone authenticates the message.
 //
-// Unknown top-level members are preserved in `object` and covered by the signature. The serialized
+// Unknown top-level members are preserved (Object()) and covered by the signature. The serialized
 // size of an Envelope is limited by the session's constraints.max_message_size_bytes
 // (kLimitExceeded) and never exceeds kMaxEnvelopeBytesCap.
 //
@@ -80,13 +80,15 @@ struct Envelope {
   Amid to;
   EnvelopeType type = EnvelopeType::kRequest;
   UnixNanos timestamp = 0;
-  // Always an object: a copy of object["payload"].
+  // Always an object: a copy of the envelope's "payload" member.
   nlohmann::json payload = nlohmann::json::object();
   // Absent in sessions without signed_messages.
   std::optional<Signature> signature = std::nullopt;
-  // The envelope as received or built, unknown members included; the signature covers exactly
-  // SigningInput(object).
-  nlohmann::json object = nlohmann::json::object();
+  // The envelope as received, unknown members included; the signature covers exactly
+  // SigningInput(object). Null for an envelope made by BuildSignedEnvelope/BuildUnsignedEnvelope:
+  // the send path only needs `text`, so the builders do not pay for a second copy of the payload
+  // in a DOM. Use Object() to get the DOM of either kind.
+  nlohmann::json object = nullptr;
   // The text it was parsed from, or, when built, its RFC 8785 canonical form with the signature
   // member in its sorted place (so the signing input is the text minus that member). Empty for an
   // envelope parsed from a DOM.
@@ -97,6 +99,10 @@ struct Envelope {
 
   // `text` when set, else the compact dump of `object`.
   std::string Serialize() const;
+  // The envelope as a JSON object: `object` when set, else parsed from `text` (a built envelope;
+  // the text is valid JSON by construction, so this never fails for one). Costs a parse for a
+  // built envelope: not for hot paths.
+  nlohmann::json Object() const;
 };
 
 struct EnvelopeParams {
