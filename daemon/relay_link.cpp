@@ -65,6 +65,157 @@ void LogLine(const std::string& line) {
   std::fprintf(stderr, "agentmeshd: relay: %s\n", line.c_str());
 }
 
+// True when `s` can be written between JSON quotes as is: printable ASCII without '"' or '\\'
+// (base64, AMIDs, client ids, message types).
+bool IsPlainJsonText(std::string_view s) noexcept {
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c >= 0x7F || c == '"' || c == '\\') return false;
+  }
+  return true;
+}
+
+// The hot frames (`receive`, `send_result`, `receipt`, `pong`) are flat objects of plain strings
+// and small integers. FlatFrame reads exactly those without building a DOM; Parse() refuses
+// (and the caller uses nlohmann) anything else: nested values, escapes, non-ASCII, fractions,
+// negative or huge numbers, malformed text. So every frame it accepts means the same as it would
+// through nlohmann (for a duplicate key the last one wins, as there).
+class FlatFrame {
+ public:
+  bool Parse(std::string_view text) {
+    members_.clear();
+    std::size_t i = 0;
+    const std::size_t n = text.size();
+    auto skip_ws = [&] {
+      while (i < n && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r'))
+        ++i;
+    };
+    // A string without escapes or non-ASCII; i is at the opening quote.
+    auto string = [&](std::string_view& out) {
+      if (i >= n || text[i] != '"') return false;
+      const std::size_t start = ++i;
+      while (i < n && text[i] != '"') {
+        const auto c = static_cast<unsigned char>(text[i]);
+        if (c < 0x20 || c >= 0x80 || c == '\\') return false;
+        ++i;
+      }
+      if (i >= n) return false;
+      out = text.substr(start, i - start);
+      ++i;
+      return true;
+    };
+    skip_ws();
+    if (i >= n || text[i] != '{') return false;
+    ++i;
+    skip_ws();
+    if (i < n && text[i] == '}') {
+      ++i;
+    } else {
+      while (true) {
+        skip_ws();
+        Member m;
+        if (!string(m.key)) return false;
+        skip_ws();
+        if (i >= n || text[i] != ':') return false;
+        ++i;
+        skip_ws();
+        if (i >= n) return false;
+        if (text[i] == '"') {
+          if (!string(m.value)) return false;
+          m.kind = Kind::kString;
+        } else if (text[i] >= '0' && text[i] <= '9') {
+          const std::size_t start = i;
+          while (i < n && text[i] >= '0' && text[i] <= '9') ++i;
+          m.value = text.substr(start, i - start);
+          // Plain unsigned integers only (no leading zero, fits 64 bits comfortably).
+          if (m.value.size() > 18 || (m.value.size() > 1 && m.value[0] == '0')) return false;
+          if (i < n && (text[i] == '.' || text[i] == 'e' || text[i] == 'E')) return false;
+          m.kind = Kind::kUnsigned;
+        } else {
+          for (std::string_view word : {"true", "false", "null"}) {
+            if (text.substr(i, word.size()) == word) {
+              m.value = word;
+              i += word.size();
+              break;
+            }
+          }
+          if (m.value.empty()) return false;  // nested value, negative number, garbage
+          m.kind = Kind::kLiteral;
+        }
+        members_.push_back(m);
+        skip_ws();
+        if (i < n && text[i] == ',') {
+          ++i;
+          continue;
+        }
+        if (i < n && text[i] == '}') {
+          ++i;
+          break;
+        }
+        return false;
+      }
+    }
+    skip_ws();
+    return i == n;
+  }
+
+  // The string member `name` ("" when absent or not a string), like StringMember.
+  std::string String(std::string_view name) const {
+    const Member* m = Find(name);
+    return m != nullptr && m->kind == Kind::kString ? std::string(m->value) : std::string();
+  }
+  std::optional<std::uint64_t> Unsigned(std::string_view name) const {
+    const Member* m = Find(name);
+    if (m == nullptr || m->kind != Kind::kUnsigned) return std::nullopt;
+    std::uint64_t v = 0;
+    for (const char c : m->value) v = v * 10 + static_cast<std::uint64_t>(c - '0');
+    return v;
+  }
+  // A string member's text, else the member's JSON text (what json::dump() prints for it).
+  std::optional<std::string> Text(std::string_view name) const {
+    const Member* m = Find(name);
+    if (m == nullptr) return std::nullopt;
+    return std::string(m->value);
+  }
+
+ private:
+  enum class Kind { kString, kUnsigned, kLiteral };
+  struct Member {
+    std::string_view key, value;
+    Kind kind = Kind::kString;
+  };
+  const Member* Find(std::string_view name) const {
+    for (auto it = members_.rbegin(); it != members_.rend(); ++it) {
+      if (it->key == name) return &*it;
+    }
+    return nullptr;
+  }
+  std::vector<Member> members_;
+};
+
+// The same three accessors over a parsed DOM frame.
+class DomFrame {
+ public:
+  explicit DomFrame(const json& frame) : frame_(frame) {}
+  std::string String(std::string_view name) const {
+    auto it = frame_.find(name);
+    return it != frame_.end() && it->is_string() ? it->get<std::string>() : std::string();
+  }
+  std::optional<std::uint64_t> Unsigned(std::string_view name) const {
+    auto it = frame_.find(name);
+    if (it == frame_.end() || !it->is_number_unsigned()) return std::nullopt;
+    return it->get<std::uint64_t>();
+  }
+  std::optional<std::string> Text(std::string_view name) const {
+    auto it = frame_.find(name);
+    if (it == frame_.end()) return std::nullopt;
+    return it->is_string() ? it->get<std::string>() : it->dump();
+  }
+
+ private:
+  const json& frame_;
+};
+
 }  // namespace
 
 class RelayLink::Impl {
@@ -133,15 +284,33 @@ class RelayLink::Impl {
                   "message_id");
     }
     std::string frame;
-    try {
-      json j = {{"type", "send"},
-                {"to", to.str()},
-                {"encrypted_payload", std::string(payload)},
-                {"message_type", std::string(message_type)},
-                {"id", message_id}};
-      frame = j.dump();
-    } catch (const std::exception& e) {
-      return Fail(Code::kInvalidArgument, std::string("payload: ") + e.what(), "encrypted_payload");
+    if (IsPlainJsonText(payload) && IsPlainJsonText(message_type)) {
+      // The common case (base64 payload): the frame text written directly, byte for byte what
+      // json::dump() makes of it (members sorted), without copying the payload into a DOM and
+      // escaping it back out.
+      const std::string& to_text = to.str();
+      frame.reserve(payload.size() + message_id.size() + message_type.size() + to_text.size() + 80);
+      frame += R"({"encrypted_payload":")";
+      frame += payload;
+      frame += R"(","id":")";
+      frame += message_id;
+      frame += R"(","message_type":")";
+      frame += message_type;
+      frame += R"(","to":")";
+      frame += to_text;
+      frame += R"(","type":"send"})";
+    } else {
+      try {
+        json j = {{"type", "send"},
+                  {"to", to.str()},
+                  {"encrypted_payload", std::string(payload)},
+                  {"message_type", std::string(message_type)},
+                  {"id", message_id}};
+        frame = j.dump();
+      } catch (const std::exception& e) {
+        return Fail(Code::kInvalidArgument, std::string("payload: ") + e.what(),
+                    "encrypted_payload");
+      }
     }
     if (frame.size() > options_.max_frame_bytes) {
       return Fail(Code::kLimitExceeded,
@@ -307,6 +476,23 @@ class RelayLink::Impl {
   // ---- frames -------------------------------------------------------------------------------
 
   void OnText(std::string_view text) {
+    // Fast path for the per-message frames (see FlatFrame); everything else takes the DOM.
+    if (flat_.Parse(text)) {
+      const std::string type = flat_.String("type");
+      if (type == "receive") {
+        if (state_ == State::kConnected) Deliver(flat_, "message_id");
+        return;
+      }
+      if (type == "send_result") {
+        OnSendResult(flat_);
+        return;
+      }
+      if (type == "receipt") {
+        OnReceipt(flat_);
+        return;
+      }
+      if (type == "pong") return;
+    }
     json frame = json::parse(text, nullptr, false);
     if (frame.is_discarded() || !frame.is_object()) {
       LogLine("ignoring a relay frame that is not a JSON object");
@@ -321,38 +507,41 @@ class RelayLink::Impl {
       Notify(true, StringMember(frame, "session_id"));
     } else if (type == "receive") {
       if (state_ != State::kConnected) return;
-      Deliver(frame, "message_id");
+      Deliver(DomFrame(frame), "message_id");
     } else if (type == "pending_messages") {
       if (state_ != State::kConnected) return;
       OnPending(frame);
     } else if (type == "send_result") {
-      OnSendResult(frame);
+      OnSendResult(DomFrame(frame));
     } else if (type == "receipt") {
-      Receipt r;
-      r.message_id = StringMember(frame, "id");
-      r.relay_message_id = StringMember(frame, "message_id");
-      r.acked = StringMember(frame, "status") == "acked";
-      if (handlers_.on_receipt) Guard([&] { handlers_.on_receipt(r); });
+      OnReceipt(DomFrame(frame));
     } else if (type == "error") {
       OnError(frame);
     }
     // pong, presence_response, ice_offer/ice_answer, p2_p_established: not used by the link.
   }
 
-  // Returns false when the link was destroyed by the handler.
-  bool Deliver(const json& m, const char* id_member) {
+  // Returns false when the link was destroyed by the handler. Frame: FlatFrame or DomFrame.
+  template <typename Frame>
+  bool Deliver(const Frame& m, const char* id_member) {
     IncomingMessage msg;
-    msg.id = StringMember(m, id_member);
-    if (msg.id.empty() && std::string_view(id_member) == "message_id") {
-      msg.id = StringMember(m, "id");
-    }
-    msg.from = StringMember(m, "from");
-    msg.message_type = StringMember(m, "message_type");
-    msg.encrypted_payload = StringMember(m, "encrypted_payload");
-    auto ts = m.find("timestamp");
-    if (ts != m.end()) msg.timestamp = ts->is_string() ? ts->get<std::string>() : ts->dump();
+    msg.id = m.String(id_member);
+    if (msg.id.empty() && std::string_view(id_member) == "message_id") msg.id = m.String("id");
+    msg.from = m.String("from");
+    msg.message_type = m.String("message_type");
+    msg.encrypted_payload = m.String("encrypted_payload");
+    if (auto ts = m.Text("timestamp")) msg.timestamp = std::move(*ts);
     if (!handlers_.on_message) return true;
     return Guard([&] { handlers_.on_message(msg); });
+  }
+
+  template <typename Frame>
+  void OnReceipt(const Frame& frame) {
+    Receipt r;
+    r.message_id = frame.String("id");
+    r.relay_message_id = frame.String("message_id");
+    r.acked = frame.String("status") == "acked";
+    if (handlers_.on_receipt) Guard([&] { handlers_.on_receipt(r); });
   }
 
   void OnPending(const json& frame) {
@@ -362,7 +551,7 @@ class RelayLink::Impl {
       for (const json& m : *it) {
         if (!m.is_object()) continue;
         ++count;
-        if (!Deliver(m, "message_id")) return;
+        if (!Deliver(DomFrame(m), "message_id")) return;
         if (state_ != State::kConnected) return;
       }
     }
@@ -373,22 +562,22 @@ class RelayLink::Impl {
     }
   }
 
-  void OnSendResult(const json& frame) {
+  template <typename Frame>
+  void OnSendResult(const Frame& frame) {
     SendResult r;
-    r.message_id = StringMember(frame, "id");
+    r.message_id = frame.String("id");
     awaiting_.erase(r.message_id);
-    const std::string status = StringMember(frame, "status");
+    const std::string status = frame.String("status");
     r.outcome = status == "delivered" ? SendOutcome::kDelivered
                 : status == "queued"  ? SendOutcome::kQueued
                                       : SendOutcome::kRefused;
     if (r.outcome == SendOutcome::kRefused) {
-      r.reason = StringMember(frame, "code");
+      r.reason = frame.String("code");
       if (r.reason.empty()) r.reason = "REFUSED";
     }
-    r.relay_message_id = StringMember(frame, "message_id");
-    auto retry = frame.find("retry_after_seconds");
-    if (retry != frame.end() && retry->is_number_unsigned()) {
-      r.retry_after_seconds = retry->get<std::uint32_t>();
+    r.relay_message_id = frame.String("message_id");
+    if (auto retry = frame.Unsigned("retry_after_seconds")) {
+      r.retry_after_seconds = static_cast<std::uint32_t>(*retry);
     }
     if (handlers_.on_send_result) Guard([&] { handlers_.on_send_result(r); });
   }
@@ -475,6 +664,7 @@ class RelayLink::Impl {
   std::string ws_error_;
   bool replaced_ = false;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  FlatFrame flat_;  // reused: its member list keeps its capacity
 };
 
 RelayLink::RelayLink(uv_loop_t* loop, RelayLinkOptions options, Ed25519KeyPair identity,

@@ -13,9 +13,14 @@ namespace agentmesh::daemon {
 namespace {
 constexpr std::size_t kPauseReadingBytes = 8 << 20;
 
-void AllocBuffer(uv_handle_t*, size_t suggested, uv_buf_t* buf) {
-  buf->base = new char[suggested];
-  buf->len = suggested;
+// One read buffer for every connection: the read callback consumes it before returning (the
+// bytes are appended to Conn::in), and callbacks run one at a time on the loop thread.
+constexpr std::size_t kReadBufferBytes = 64 * 1024;
+
+void AllocBuffer(uv_handle_t*, size_t, uv_buf_t* buf) {
+  static char buffer[kReadBufferBytes];
+  buf->base = buffer;
+  buf->len = sizeof buffer;
 }
 
 struct WriteReq {
@@ -189,7 +194,6 @@ void RpcServer::StartReading(Conn& conn) {
                     LogError(fmt::format("rpc: {}", e.what()));
                     c->server->CloseConn(*c);
                   }
-                  delete[] buf->base;
                 });
 }
 
@@ -260,16 +264,17 @@ void RpcServer::HandleLine(Conn& conn, std::string_view line) {
     return;
   }
   nlohmann::json id = nullptr;
-  const bool has_id = doc.contains("id");
+  const auto id_it = doc.find("id");
+  const bool has_id = id_it != doc.end();
   if (has_id) {
-    id = doc["id"];
+    id = std::move(*id_it);
     if (!id.is_null() && !id.is_string() && !id.is_number()) {
       fail(nullptr, -32600, "invalid_request", "id must be a string, a number or null");
       return;
     }
   }
   auto jr = doc.find("jsonrpc");
-  if (jr == doc.end() || !jr->is_string() || jr->get<std::string>() != "2.0") {
+  if (jr == doc.end() || !jr->is_string() || *jr->get_ptr<const std::string*>() != "2.0") {
     fail(id, -32600, "invalid_request", "jsonrpc must be \"2.0\"");
     return;
   }
@@ -290,7 +295,7 @@ void RpcServer::HandleLine(Conn& conn, std::string_view line) {
     }
     params = std::move(*p);
   }
-  const std::string name = method->get<std::string>();
+  const std::string name = std::move(*method->get_ptr<std::string*>());
   if (!has_id) {
     Fill(conn, slot, {});  // notifications take no place in the answer order
     dispatch_(Responder(this, conn.id, slot, true), name, params);
@@ -308,10 +313,19 @@ void RpcServer::Complete(ConnId conn_id, std::uint64_t slot, RpcResult result) {
   if (slot < conn.first_slot || slot >= conn.next_slot) return;
   auto& entry = conn.slots[slot - conn.first_slot];
   if (entry.filled) return;
-  nlohmann::json out = {{"jsonrpc", "2.0"}, {"id", std::move(entry.id)}};
   if (result) {
-    out["result"] = std::move(*result);
-  } else {
+    // The success answer written directly: the same bytes as dumping
+    // {"id":…,"jsonrpc":"2.0","result":…} (nlohmann sorts members), without building that object.
+    std::string text = R"({"id":)";
+    text += DumpJson(entry.id);
+    text += R"(,"jsonrpc":"2.0","result":)";
+    text += DumpJson(*result);
+    text += '}';
+    Fill(conn, slot, std::move(text));
+    return;
+  }
+  nlohmann::json out = {{"jsonrpc", "2.0"}, {"id", std::move(entry.id)}};
+  {
     RpcError& e = result.error();
     nlohmann::json data = e.data.is_object() ? e.data : nlohmann::json::object();
     data["code"] = e.name;

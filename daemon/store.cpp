@@ -127,8 +127,19 @@ Result<Store> Store::Open(const std::string& path) {
 }
 
 Result<storage::Statement*> Store::Stmt(std::string_view sql) {
-  for (auto& [text, stmt] : cache_) {
+  // Fast path: the SQL of a call site is a literal or a function-local static, so its address is
+  // stable; the text is still compared (an address can in principle be reused by other text).
+  if (auto hit = by_address_.find(sql.data()); hit != by_address_.end()) {
+    auto& [text, stmt] = cache_[hit->second];
     if (text == sql) {
+      stmt->Reset();
+      return stmt.get();
+    }
+  }
+  for (std::size_t i = 0; i < cache_.size(); ++i) {
+    auto& [text, stmt] = cache_[i];
+    if (text == sql) {
+      by_address_[sql.data()] = i;
       stmt->Reset();
       return stmt.get();
     }
@@ -136,6 +147,7 @@ Result<storage::Statement*> Store::Stmt(std::string_view sql) {
   auto prepared = db_.Prepare(sql);
   if (!prepared) return std::unexpected(prepared.error());
   cache_.emplace_back(std::string(sql), std::make_unique<storage::Statement>(std::move(*prepared)));
+  by_address_[sql.data()] = cache_.size() - 1;
   return cache_.back().second.get();
 }
 

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "agentmesh/core/bytes.hpp"
@@ -177,7 +178,10 @@ class Store {
 
   storage::Database db_;
   bool in_batch_ = false;
+  // Prepared statements, kept for the life of the Store (prepared once per SQL text), and an
+  // index by the address of the caller's SQL text (see Stmt()).
   std::vector<std::pair<std::string, std::unique_ptr<storage::Statement>>> cache_;
+  std::unordered_map<const char*, std::size_t> by_address_;
 };
 
 }  // namespace agentmesh::daemon
