@@ -6,9 +6,10 @@
 // `on_ready` runs). /health, /v1/health (503 while starting), /metrics and the root key answer
 // throughout.
 //
-// Request flow: the loop thread matches the route, answers 404/405/503/429 itself, and hands the
-// rest to a libuv worker (uv_queue_work) where the handler runs against the thread-safe store;
-// the response is sent from the loop thread when the work completes.
+// Request flow: the loop thread matches the route, answers 404/405/503/429 and the static
+// GET /health itself (so a liveness probe never waits behind database work), and hands the rest
+// to a libuv worker (uv_queue_work) where the handler runs against the thread-safe store; the
+// response is sent from the loop thread when the work completes.
 //
 // Ownership and threading: one Registry per process and loop; every method runs on the loop
 // thread. Stop() lets requests in flight finish; the loop then ends by itself.
