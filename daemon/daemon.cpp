@@ -83,6 +83,54 @@ void Timers::CancelAll() {
   for (auto id : ids) Cancel(id);
 }
 
+// ---- Child processes ----------------------------------------------------------------------------
+
+struct Daemon::Child {
+  uv_process_t process{};
+  Daemon* daemon = nullptr;
+  std::function<void(std::int64_t, int)> on_exit;
+};
+
+Result<int> Daemon::SpawnChild(const std::vector<std::string>& argv,
+                               std::function<void(std::int64_t, int)> on_exit) {
+  if (argv.empty()) return Fail(Code::kInvalidArgument, "empty command");
+  if (stopping_) return Fail(Code::kUnavailable, "the daemon is stopping");
+  auto* child = new Child;
+  child->daemon = this;
+  child->on_exit = std::move(on_exit);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  uv_stdio_container_t stdio[3];
+  for (auto& io : stdio) io.flags = UV_IGNORE;
+  uv_process_options_t opts{};
+  opts.file = args[0];
+  opts.args = args.data();
+  opts.stdio_count = 3;
+  opts.stdio = stdio;
+  opts.exit_cb = [](uv_process_t* proc, std::int64_t status, int signal) {
+    auto* c = static_cast<Child*>(proc->data);
+    c->daemon->children_.erase(c);
+    auto fn = std::move(c->on_exit);
+    uv_close(reinterpret_cast<uv_handle_t*>(proc),
+             [](uv_handle_t* h) { delete static_cast<Child*>(h->data); });
+    try {
+      if (fn) fn(status, signal);
+    } catch (const std::exception& e) {
+      LogError(fmt::format("child exit: {}", e.what()));
+    }
+  };
+  child->process.data = child;
+  const int rc = uv_spawn(loop_, &child->process, &opts);
+  if (rc != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&child->process),
+             [](uv_handle_t* h) { delete static_cast<Child*>(h->data); });
+    return Fail(Code::kIo, uv_strerror(rc));
+  }
+  children_.insert(child);
+  return child->process.pid;
+}
+
 // ---- Construction and lifecycle ---------------------------------------------------------------
 
 Daemon::Daemon(uv_loop_t* loop, DaemonOptions options)
@@ -156,6 +204,10 @@ Result<void> Daemon::OpenState() {
       auto ratchet = RatchetSession::Deserialize(plain->Expose());
       if (!ratchet) return std::unexpected(ratchet.error());
       session->ratchet.emplace(std::move(*ratchet));
+    }
+    if (auto mpm = store_->GetMeta("session_mpm:" + row.session_id); mpm && *mpm) {
+      session->messages_per_minute = static_cast<std::uint32_t>(
+          std::strtoul(std::string((*mpm)->begin(), (*mpm)->end()).c_str(), nullptr, 10));
     }
     session->row = std::move(row);
     sessions_[session->row.session_id] = std::move(session);
@@ -299,6 +351,11 @@ Result<void> Daemon::Start() {
       },
       [this] { WakeCheck(); });
   if (auto r = rpc_->Listen(options_.socket_path); !r) return r;
+  // Rotate a signed prekey that aged past 7 days (and forget retired ones past 24 h) before any
+  // relay message is handled; the upload follows at the first housekeeping tick.
+  if (identity_) {
+    if (auto r = EnsurePrekeys(); !r) LogWarn("prekeys: " + r.error().ToString());
+  }
   ApplyNetworkConfig();
   LogInfo(fmt::format("started: home {}, socket {}, {}", options_.home.string(),
                       options_.socket_path,
@@ -310,8 +367,47 @@ void Daemon::Stop() {
   if (stopping_) return;
   stopping_ = true;
   LogInfo("stopping");
+  SdNotify("STOPPING=1");
   OnCheck();
   if (rpc_) rpc_->Close();
+  if (registered_ && identity_ && registry_ && check_ != nullptr) {
+    // Tell the registry we are going away; stop when it answered, or after 2 s regardless.
+    auto done = std::make_shared<bool>(false);
+    auto finish = [this, done] {
+      if (*done) return;
+      *done = true;
+      FinishStop();
+    };
+    const std::uint64_t timer = timers_.Start(2000, finish);
+    ReportPresence("offline", [this, finish, timer] {
+      timers_.Cancel(timer);
+      finish();
+    });
+    return;
+  }
+  FinishStop();
+}
+
+void Daemon::ReportPresence(std::string status, std::function<void()> done) {
+  if (!registered_ || !identity_ || !registry_) {
+    if (done) done();
+    return;
+  }
+  registry_->SetStatus(identity_->signing, status,
+                       [this, status, done = std::move(done)](Result<nlohmann::json> r) {
+                         if (r) {
+                           presence_ = status;
+                           LogInfo("registry presence: " + status);
+                         } else {
+                           LogWarn("registry presence " + status + ": " + r.error().ToString());
+                         }
+                         if (done) done();
+                       });
+}
+
+void Daemon::FinishStop() {
+  if (stopped_) return;
+  stopped_ = true;
   if (relay_) relay_->Stop();
   for (auto& r : retired_relays_) r->Stop();
   auto close_handle = [](uv_handle_t* h, auto deleter) { uv_close(h, deleter); };
@@ -335,6 +431,14 @@ void Daemon::Stop() {
   retired_relays_.clear();
   registry_.reset();
   retired_registries_.clear();
+  // Children still running (a slow emergency_stop command) keep running, unwatched: their exit
+  // callbacks would answer through an RpcServer that is gone.
+  for (Child* c : children_) {
+    c->on_exit = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->process),
+             [](uv_handle_t* h) { delete static_cast<Child*>(h->data); });
+  }
+  children_.clear();
   timers_.CancelAll();  // retries, waits and delivery timeouts: nothing is waiting any more
   knock_waits_.clear();
   recv_waits_.clear();
@@ -443,15 +547,14 @@ Result<SecretBuffer> Daemon::OpenBlob(std::string_view ad, ByteView sealed) {
 
 // ---- Events and audit -------------------------------------------------------------------------
 
-void Daemon::Emit(std::string_view type, nlohmann::json fields) {
+void Daemon::Emit(std::string_view type, std::string_view key, nlohmann::json payload) {
   if (subscriptions_.empty() || !rpc_) return;
-  if (!fields.is_object()) fields = nlohmann::json::object();
-  fields["type"] = type;
-  if (!fields.contains("time")) fields["time"] = FormatRfc3339Z(Now());
+  nlohmann::json params = {{"type", type}, {"time", FormatRfc3339Z(Now())}};
+  params[std::string(key)] = std::move(payload);
   for (const auto& [id, sub] : subscriptions_) {
     if (!sub.events.empty() && !sub.events.contains(std::string(type))) continue;
-    fields["subscription"] = id;
-    rpc_->Notify(sub.conn, "event", fields);
+    params["subscription"] = id;
+    rpc_->Notify(sub.conn, "event", params);
   }
 }
 
@@ -465,7 +568,7 @@ void Daemon::Audit(std::string_view event, nlohmann::json fields) {
       LogWarn(fmt::format("audit log write failed: {}", std::strerror(errno)));
     }
   }
-  Emit("audit", record);
+  Emit("audit", "record", std::move(record));
 }
 
 // ---- Identity and prekeys ---------------------------------------------------------------------
@@ -685,7 +788,7 @@ void Daemon::LookupPeer(const std::string& amid_text, bool fresh,
       registry_error_ = reachable ? "" : r.error().message;
       nlohmann::json ev = {{"url", config_.registry_url}, {"reachable", reachable}};
       if (!reachable) ev["error"] = registry_error_;
-      Emit("registry.status", ev);
+      Emit("registry.status", "registry", ev);
     }
     if (r) {
       if (lookup_cache_.size() > 10000) lookup_cache_.clear();
@@ -810,6 +913,8 @@ void Daemon::Housekeeping() {
     }
   }
   if (ticks % 60 == 1) MaintainPrekeys();
+  std::erase_if(rejected_sessions_,
+                [&](const auto& kv) { return Now() - kv.second > 600LL * kNanosPerSecond; });
   if (ticks % 3600 == 0) {
     Batch();
     (void)store_->PruneSeen(Now() - 7LL * 86400 * kNanosPerSecond);

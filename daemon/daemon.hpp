@@ -70,6 +70,14 @@ struct LiveSession {
   SessionRow row;
   std::optional<RatchetSession> ratchet;
   bool dirty = false;
+  // ACCEPT constraint `messages_per_minute` (0 = none): each side's own envelopes per minute.
+  // The sender refuses beyond it (send_bucket, at send time); the receiver closes the session
+  // when the peer exceeds it (recv_bucket, fed with the envelopes' signed timestamps, so an
+  // honest sender's own bucket never disagrees with it). Kept in meta "session_mpm:<id>".
+  std::uint32_t messages_per_minute = 0;
+  std::optional<TokenBucket> send_bucket, recv_bucket;
+  // Initiator: the first envelope went out with the KNOCK (optimistic send, RPC.md §3).
+  bool optimistic = false;
 };
 
 // One-shot timers by id; cancelling a fired or unknown id is a no-op.
@@ -95,7 +103,9 @@ class Daemon {
 
   // Listens on the socket and starts the network clients. Errors leave nothing running.
   Result<void> Start();
-  // Graceful stop: closes the socket, the relay link and every handle; uv_run then returns.
+  // Graceful stop: sends STOPPING=1 (sd_notify), closes the socket, reports presence "offline"
+  // to the registry when registered (waiting at most 2 s for its answer), then closes the relay
+  // link and every handle; uv_run then returns.
   void Stop();
   // SIGHUP: re-reads config.json and policy.json (invalid files keep the running values).
   void Reload();
@@ -112,8 +122,11 @@ class Daemon {
   Bytes SealBlob(std::string_view ad, ByteView plaintext);
   Result<SecretBuffer> OpenBlob(std::string_view ad, ByteView sealed);
 
-  // Events (RPC.md §4) to subscribers, and the audit log (one JSON object per line).
-  void Emit(std::string_view type, nlohmann::json fields);
+  // Events (RPC.md §4) to subscribers: params {subscription, type, time, <key>: payload}. The
+  // payload is always nested under its named key (`message`, `session`, `record`, …), so a
+  // payload's own members (a message's or audit record's `type`) never collide with the event's.
+  void Emit(std::string_view type, std::string_view key, nlohmann::json payload);
+  // The audit log (one JSON object per line), also emitted as an `audit` event {record}.
   void Audit(std::string_view event, nlohmann::json fields);
 
   // Method dispatch (the sorted method table lives in methods.cpp).
@@ -125,6 +138,11 @@ class Daemon {
   void UploadPrekeys(std::function<void(Result<void>)> done);
   void MaintainPrekeys();
 
+  // Registry presence (POST /v1/registry/status, signed): "online" when the relay link comes up
+  // (and after `register`), "offline" on a clean stop. No-op unless registered. `done` (optional)
+  // runs when the registry answered or failed.
+  void ReportPresence(std::string status, std::function<void()> done = nullptr);
+
   // Registry lookups cached for policy (tier, reputation) and for keys.
   void LookupPeer(const std::string& amid, bool fresh,
                   std::function<void(Result<nlohmann::json>)> done);
@@ -135,11 +153,21 @@ class Daemon {
     Intent intent;
     SessionRequest session_request;
     std::uint64_t timeout_ms = 30000;
+    // Optimistic send: this envelope leaves right after the KNOCK, without waiting for the
+    // ACCEPT. `first_done` gets SendEnvelope's result ({session_id, sequence, delivery}).
+    struct FirstMessage {
+      EnvelopeType type = EnvelopeType::kRequest;
+      nlohmann::json payload;
+      std::function<void(RpcResult)> done;
+    };
+    std::optional<FirstMessage> first_message;
   };
   void StartKnock(KnockRequest request, std::function<void(RpcResult)> done);
   // Sends one envelope on an active session. `done` gets {session_id, sequence, delivery}.
   void SendEnvelope(const std::string& session_id, EnvelopeType type, nlohmann::json payload,
                     std::function<void(RpcResult)> done);
+  // Records a session's messages_per_minute (memory and meta "session_mpm:<id>").
+  void SetSessionRate(LiveSession& session, std::uint32_t messages_per_minute);
   // Ends a session: "closed" (sends a close envelope when `notify_peer`), "killed", "expired".
   void EndSession(LiveSession& session, std::string_view state, std::string_view reason,
                   bool notify_peer, std::optional<std::string> summary = std::nullopt);
@@ -148,6 +176,8 @@ class Daemon {
   nlohmann::json SessionToJson(const SessionRow& row) const;
   Result<nlohmann::json> MessageToJson(const InboxRow& row);
   void OnRelayMessage(const IncomingMessage& message);
+  // One relay message, without serving waiters afterwards (OnRelayMessage does both).
+  void HandleIncoming(const IncomingMessage& message);
   void OnSendResult(const SendResult& result);
   void OnRelayState(bool connected, std::string_view detail);
   void QueueRelaySend(OutboxRow row, std::function<void(std::string)> on_delivery);
@@ -160,6 +190,12 @@ class Daemon {
   // Transcripts (store_transcripts in config.json or policy.json): one sealed row per envelope.
   void RecordTranscript(const std::string& session_id, std::string_view direction,
                         const Envelope& envelope);
+
+  // Runs argv as a child process (stdio ignored). `on_exit(exit_status, signal)` runs on the loop
+  // when it exits, unless the daemon stops first: Stop() closes the handles of children still
+  // running (they keep running, unwatched) and their on_exit never runs. Returns the pid.
+  Result<int> SpawnChild(const std::vector<std::string>& argv,
+                         std::function<void(std::int64_t, int)> on_exit);
 
   // Policy file.
   Result<void> LoadPolicy();
@@ -191,6 +227,8 @@ class Daemon {
   bool registered_ = false;
   bool paused_ = false;
   bool stopping_ = false;
+  bool stopped_ = false;  // FinishStop ran
+  std::string presence_;  // last presence the registry accepted ("" = none yet)
   UnixNanos started_at_ = 0;
 
   std::unique_ptr<RpcServer> rpc_;
@@ -203,6 +241,9 @@ class Daemon {
   bool registry_reachable_ = false;
   std::string registry_error_;
   Timers timers_;
+
+  struct Child;
+  std::unordered_set<Child*> children_;  // running child processes (emergency_stop)
 
   uv_check_t* check_ = nullptr;
   uv_idle_t* idle_ = nullptr;
@@ -237,6 +278,12 @@ class Daemon {
   std::unordered_map<std::string, std::vector<std::function<void(std::string)>>> delivery_waits_;
   std::unordered_set<std::string> sent_on_link_;  // outbox ids written on this connection
   std::unordered_set<std::string> processing_;    // relay ids being handled (async KNOCKs)
+  // Session ids whose KNOCK is being evaluated, with the relay messages of that session that
+  // arrived meanwhile (an optimistic first envelope): held unacked until the decision, then
+  // handled (ACCEPT) or dropped and audited (REJECT).
+  std::unordered_map<std::string, std::vector<IncomingMessage>> knocks_in_evaluation_;
+  // Sessions this daemon rejected recently: later messages of them are dropped and audited.
+  std::unordered_map<std::string, UnixNanos> rejected_sessions_;
   std::unordered_map<std::string, TokenBucket> knock_buckets_;
 
   struct CachedLookup {
@@ -258,8 +305,8 @@ class Daemon {
   Result<void> LoadSealKey();
   Result<void> LoadIdentity();
   void OnCheck();
+  void FinishStop();
   void Housekeeping();
-  void HandleIncoming(const IncomingMessage& message);
 };
 
 // Session-layer helpers (sessions.cpp).

@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -63,13 +64,18 @@ int main(int argc, char** argv) {
     std::optional<std::string> log_level;
     bool foreground = false, help_config = false;
     app.add_option("--home", home, "state directory (default $AGENTMESH_HOME or ~/.agentmesh)");
-    app.add_option("--socket", socket_path,
-                   "socket path (default $AGENTMESH_SOCKET, "
-                   "$XDG_RUNTIME_DIR/agentmesh/agentmeshd.sock or <home>/agentmeshd.sock)");
+    app.add_option(
+        "--socket", socket_path,
+        "socket path (default $AGENTMESH_SOCKET, else <home>/agentmeshd.sock when --home "
+        "or $AGENTMESH_HOME is given, else $XDG_RUNTIME_DIR/agentmesh/agentmeshd.sock, "
+        "else ~/.agentmesh/agentmeshd.sock)");
     app.add_flag("--foreground", foreground, "stay in the foreground and log to stderr");
     app.add_option("--config", config_path, "config file (default <home>/config.json)");
     app.add_option("--log-level", log_level, "debug | info | warn | error");
     app.add_flag("--help-config", help_config, "describe every config.json key and exit");
+    // Test-only, hidden from --help: shifts the daemon's clock (prekey rotation tests).
+    std::int64_t clock_offset_seconds = 0;
+    app.add_option("--test-clock-offset", clock_offset_seconds)->group("");
     CLI11_PARSE(app, argc, argv);
     if (help_config) {
       std::fputs(DescribeConfig().c_str(), stdout);
@@ -81,7 +87,11 @@ int main(int argc, char** argv) {
         return 2;
       }
     }
+    // Socket rule (RPC.md §1): --socket > $AGENTMESH_SOCKET > <home>/agentmeshd.sock when the
+    // home was given (--home or $AGENTMESH_HOME) > $XDG_RUNTIME_DIR/agentmesh/agentmeshd.sock >
+    // ~/.agentmesh/agentmeshd.sock. So daemons with different homes never share a socket.
     if (home.empty()) home = Env("AGENTMESH_HOME");
+    const bool home_given = !home.empty();
     if (home.empty()) {
       const std::string user_home = Env("HOME");
       if (user_home.empty()) {
@@ -92,6 +102,9 @@ int main(int argc, char** argv) {
     }
     const std::filesystem::path home_path = std::filesystem::absolute(home);
     if (socket_path.empty()) socket_path = Env("AGENTMESH_SOCKET");
+    if (socket_path.empty() && home_given) {
+      socket_path = (home_path / "agentmeshd.sock").string();
+    }
     if (socket_path.empty() && !Env("XDG_RUNTIME_DIR").empty()) {
       socket_path = Env("XDG_RUNTIME_DIR") + "/agentmesh/agentmeshd.sock";
     }
@@ -184,6 +197,10 @@ int main(int argc, char** argv) {
       }
     };
 
+    if (clock_offset_seconds != 0) {
+      SetClockOffset(clock_offset_seconds * agentmesh::kNanosPerSecond);
+      LogWarn(fmt::format("test clock offset: {} s", clock_offset_seconds));
+    }
     std::signal(SIGPIPE, SIG_IGN);
     uv_loop_t loop;
     uv_loop_init(&loop);
@@ -254,6 +271,8 @@ int main(int argc, char** argv) {
     std::printf("agentmeshd listening on %s\n", socket_path.c_str());
     std::fflush(stdout);
     report("ok");
+    // systemd Type=notify: the socket listens and the relay/registry clients are started.
+    SdNotify(fmt::format("READY=1\nMAINPID={}", static_cast<long>(::getpid())));
 
     uv_run(&loop, UV_RUN_DEFAULT);
     daemon->reset();

@@ -282,15 +282,6 @@ void SetPaused(Daemon& d, bool paused) {
   (void)d.store_->SetMetaText("paused", paused ? "1" : "0");
 }
 
-struct StopCommand {
-  uv_process_t process{};
-  Responder reply;
-  int killed = 0;
-  Daemon* daemon = nullptr;
-  std::uint64_t timer = 0;
-  bool answered = false;
-};
-
 void EmergencyStop(Daemon& d, const json&, Responder reply) {
   const int killed = KillAll(d, "emergency_stop");
   SetPaused(d, true);
@@ -298,49 +289,30 @@ void EmergencyStop(Daemon& d, const json&, Responder reply) {
   if (d.config_.stop_command.empty()) {
     return reply(json{{"sessions_killed", killed}, {"stop_command", {{"ran", false}}}});
   }
-  auto* cmd = new StopCommand;
-  cmd->reply = reply;
-  cmd->killed = killed;
-  cmd->daemon = &d;
-  std::vector<char*> args;
-  for (auto& a : d.config_.stop_command) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  uv_stdio_container_t stdio[3];
-  for (auto& s : stdio) s.flags = UV_IGNORE;
-  uv_process_options_t opts{};
-  opts.file = args[0];
-  opts.args = args.data();
-  opts.stdio_count = 3;
-  opts.stdio = stdio;
-  opts.exit_cb = [](uv_process_t* proc, int64_t status, int signal) {
-    auto* c = static_cast<StopCommand*>(proc->data);
-    c->daemon->Audit("emergency_stop.command", {{"exit_status", status}, {"signal", signal}});
-    if (!c->answered) {
-      c->answered = true;
-      c->daemon->timers_.Cancel(c->timer);
-      json sc = {{"ran", true}, {"exit_status", signal != 0 ? 128 + signal : status}};
-      c->reply(json{{"sessions_killed", c->killed}, {"stop_command", sc}});
-    }
-    uv_close(reinterpret_cast<uv_handle_t*>(proc),
-             [](uv_handle_t* h) { delete static_cast<StopCommand*>(h->data); });
+  struct State {
+    bool answered = false;
+    std::uint64_t timer = 0;
   };
-  cmd->process.data = cmd;
-  const int rc = uv_spawn(d.loop_, &cmd->process, &opts);
-  if (rc != 0) {
-    LogError(fmt::format("emergency_stop: cannot run the stop command: {}", uv_strerror(rc)));
-    reply(json{{"sessions_killed", killed},
-               {"stop_command", {{"ran", false}, {"error", uv_strerror(rc)}}}});
-    uv_close(reinterpret_cast<uv_handle_t*>(&cmd->process),
-             [](uv_handle_t* h) { delete static_cast<StopCommand*>(h->data); });
-    return;
+  auto state = std::make_shared<State>();
+  auto pid = d.SpawnChild(
+      d.config_.stop_command, [&d, state, reply, killed](std::int64_t status, int signal) {
+        d.Audit("emergency_stop.command", {{"exit_status", status}, {"signal", signal}});
+        if (state->answered) return;
+        state->answered = true;
+        d.timers_.Cancel(state->timer);
+        json sc = {{"ran", true}, {"exit_status", signal != 0 ? 128 + signal : status}};
+        reply(json{{"sessions_killed", killed}, {"stop_command", sc}});
+      });
+  if (!pid) {
+    LogError("emergency_stop: cannot run the stop command: " + pid.error().message);
+    return reply(json{{"sessions_killed", killed},
+                      {"stop_command", {{"ran", false}, {"error", pid.error().message}}}});
   }
   // A command still running after 30 s is reported as started; it keeps running.
-  const int pid = cmd->process.pid;
-  cmd->timer = d.timers_.Start(30'000, [cmd, pid] {
-    if (cmd->answered) return;
-    cmd->answered = true;
-    cmd->reply(
-        json{{"sessions_killed", cmd->killed}, {"stop_command", {{"ran", true}, {"pid", pid}}}});
+  state->timer = d.timers_.Start(30'000, [state, reply, killed, child_pid = *pid] {
+    if (state->answered) return;
+    state->answered = true;
+    reply(json{{"sessions_killed", killed}, {"stop_command", {{"ran", true}, {"pid", child_pid}}}});
   });
 }
 
@@ -503,24 +475,8 @@ void PolicyTest(Daemon& d, const json& p, Responder reply) {
   facts.ttl_seconds = ttl;
   facts.signed_messages = signed_messages;
   const Decision decision = EvaluateKnock(d.policy_, facts, ctx, true);
-  json trace = json::array();
-  for (const auto& step : decision.trace) {
-    trace.push_back({{"rule", step.rule},
-                     {"outcome", step.passed ? "pass" : "fail"},
-                     {"passed", step.passed},
-                     {"detail", step.detail}});
-  }
-  json out = {{"decision", decision.accepted ? "accept" : "reject"}, {"trace", trace}};
-  if (decision.reason) out["reason"] = std::string(RejectReasonName(*decision.reason));
-  if (!decision.human_readable.empty()) out["human_readable"] = decision.human_readable;
-  if (decision.retry_after_seconds) out["retry_after_seconds"] = *decision.retry_after_seconds;
-  if (decision.constraints) {
-    out["constraints"] = {{"max_message_size_bytes", decision.constraints->max_message_size_bytes},
-                          {"max_messages", decision.constraints->max_messages},
-                          {"ttl_seconds", decision.constraints->ttl_seconds},
-                          {"signed_messages", decision.constraints->signed_messages}};
-  }
-  reply(std::move(out));
+  // One shape everywhere: the core's DecisionToJson (RPC.md §3, policy.test).
+  reply(DecisionToJson(decision));
 }
 
 void Recv(Daemon& d, const json& p, Responder reply) {
@@ -590,6 +546,7 @@ void Register(Daemon& d, const json& p, Responder reply) {
     d.UploadPrekeys([&d, reply, tier](Result<void> up) {
       if (!up) return reply(RpcFail(up.error()));
       d.Audit("registered", {{"registry", d.config_.registry_url}});
+      if (d.relay_ && d.relay_->connected()) d.ReportPresence("online");
       reply(json{
           {"amid", d.identity_->amid.str()}, {"tier", tier}, {"registry", d.config_.registry_url}});
     });
@@ -696,6 +653,9 @@ struct SendWait {
   }
 };
 
+void AwaitResponse(Daemon& d, const std::string& sid, const std::shared_ptr<SendWait>& wait,
+                   std::uint64_t wait_ms);
+
 void SendOnSession(Daemon& d, const std::string& sid, EnvelopeType type, json payload,
                    std::optional<std::uint64_t> wait_ms, Responder reply) {
   if (!wait_ms) {
@@ -721,6 +681,12 @@ void SendOnSession(Daemon& d, const std::string& sid, EnvelopeType type, json pa
     wait->Finish();
   });
   if (wait->done) return;
+  AwaitResponse(d, sid, wait, *wait_ms);
+}
+
+// Registers `wait` for the session's next response (or error) envelope, for `wait_ms`.
+void AwaitResponse(Daemon& d, const std::string& sid, const std::shared_ptr<SendWait>& wait,
+                   std::uint64_t wait_ms) {
   Daemon::ResponseWait rw;
   rw.done = [wait](RpcResult r) {
     if (!r) return wait->Fail(r.error());
@@ -731,7 +697,7 @@ void SendOnSession(Daemon& d, const std::string& sid, EnvelopeType type, json pa
     }
     wait->Finish();
   };
-  rw.timer = d.timers_.Start(*wait_ms, [&d, sid, wait] {
+  rw.timer = d.timers_.Start(wait_ms, [&d, sid, wait] {
     auto it = d.response_waits_.find(sid);
     if (it == d.response_waits_.end()) return;
     d.response_waits_.erase(it);
@@ -741,6 +707,52 @@ void SendOnSession(Daemon& d, const std::string& sid, EnvelopeType type, json pa
   });
   d.response_waits_[sid] = std::move(rw);
   d.ServeWaiters();
+}
+
+// Optimistic send (RPC.md §3, `send`): the peer is in our allowlist, so the first envelope goes
+// out right behind the KNOCK. The call answers once the KNOCK is answered: ACCEPT → the send
+// result (plus `optimistic:true`; with wait_ms, after the response), REJECT → -32011 (the peer
+// dropped the envelope unread: data.message_dropped).
+void SendOptimistic(Daemon& d, Daemon::KnockRequest req, EnvelopeType type, json payload,
+                    std::optional<std::uint64_t> wait_ms, Responder reply) {
+  struct State {
+    std::optional<RpcResult> first, knock;
+    bool done = false;
+  };
+  auto st = std::make_shared<State>();
+  auto finish = [&d, st, reply, wait_ms] {
+    if (st->done || !st->first || !st->knock) return;
+    st->done = true;
+    if (!*st->knock) {
+      RpcError e = st->knock->error();
+      if (e.code == -32011) e.data["message_dropped"] = true;
+      return reply(std::unexpected(std::move(e)));
+    }
+    if (!*st->first) return reply(std::move(*st->first));
+    json result = std::move(**st->first);
+    result["optimistic"] = true;
+    if (!wait_ms) return reply(std::move(result));
+    const std::string sid = result["session_id"].get<std::string>();
+    if (d.response_waits_.contains(sid)) {
+      return reply(RpcFail(MakeError(
+          Code::kConflict, "another call is already waiting for this session's response", "to")));
+    }
+    auto wait = std::make_shared<SendWait>();
+    wait->reply = reply;
+    wait->result = std::move(result);
+    AwaitResponse(d, sid, wait, *wait_ms);
+  };
+  req.first_message =
+      Daemon::KnockRequest::FirstMessage{type, std::move(payload), [st, finish](RpcResult r) {
+                                           st->first = std::move(r);
+                                           finish();
+                                         }};
+  d.StartKnock(std::move(req), [st, finish](RpcResult r) {
+    st->knock = std::move(r);
+    // A KNOCK that failed before anything was sent never runs the first message's callback.
+    if (!st->first && !*st->knock) st->first = RpcResult(json::object());
+    finish();
+  });
 }
 
 void Send(Daemon& d, const json& p, Responder reply) {
@@ -797,6 +809,9 @@ void Send(Daemon& d, const json& p, Responder reply) {
   auto req = KnockRequestFrom(knock_params, "to", "conversation");
   if (!req) return reply(std::unexpected(req.error()));
   req->intent.urgency = intent->urgency;
+  if (d.policy_.allowlist.Contains(*amid) && req->session_request.signed_messages) {
+    return SendOptimistic(d, std::move(*req), *type, std::move(payload), *wait_ms, reply);
+  }
   d.StartKnock(std::move(*req), [&d, reply, type = *type, payload = std::move(payload),
                                  wait_ms = *wait_ms](RpcResult r) mutable {
     if (!r) return reply(std::move(r));
@@ -854,7 +869,11 @@ void Status(Daemon& d, const json&, Responder reply) {
       {"socket", d.options_.socket_path},
       {"paused", d.paused_},
       {"relay", {{"url", d.config_.relay_url}, {"connected", d.relay_ && d.relay_->connected()}}},
-      {"registry", {{"url", d.config_.registry_url}, {"reachable", d.registry_reachable_}}},
+      {"registry",
+       {{"url", d.config_.registry_url},
+        {"reachable", d.registry_reachable_},
+        {"registered", d.registered_},
+        {"presence", d.presence_.empty() ? json(nullptr) : json(d.presence_)}}},
       {"sessions", {{"active", d.ActiveSessionCount()}}}};
   if (!d.registry_error_.empty()) out["registry"]["error"] = d.registry_error_;
   if (d.identity_) out["amid"] = d.identity_->amid.str();

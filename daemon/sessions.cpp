@@ -235,11 +235,13 @@ void Daemon::OnRelayState(bool connected, std::string_view detail) {
   sent_on_link_.clear();
   if (connected) {
     LogInfo(fmt::format("relay connected ({})", config_.relay_url));
-    Emit("relay.connected", {{"url", config_.relay_url}});
+    Emit("relay.connected", "relay", {{"url", config_.relay_url}});
     AfterCommit([this] { ResendOutbox(); });
+    if (!stopping_) ReportPresence("online");
   } else {
     LogInfo(fmt::format("relay disconnected: {}", detail));
-    Emit("relay.disconnected", {{"url", config_.relay_url}, {"error", std::string(detail)}});
+    Emit("relay.disconnected", "relay",
+         {{"url", config_.relay_url}, {"error", std::string(detail)}});
     auto waits = std::move(delivery_waits_);
     delivery_waits_.clear();
     for (auto& [id, list] : waits) {
@@ -304,6 +306,19 @@ void HandleEnvelope(Daemon& d, LiveSession& s, const Envelope& env, const std::s
             {{"session_id", s.row.session_id}, {"peer", s.row.peer}, {"reason", "max_messages"}});
     d.EndSession(s, "closed", "max_messages_exceeded", true);
     return;
+  }
+  if (env.type != EnvelopeType::kClose && s.messages_per_minute > 0) {
+    // The peer's rate, measured on its signed envelope timestamps (what its own bucket saw).
+    if (!s.recv_bucket)
+      s.recv_bucket = TokenBucket::PerMinute(s.messages_per_minute, env.timestamp);
+    if (!s.recv_bucket->TryTake(env.timestamp)) {
+      d.Audit("constraint.violated", {{"session_id", s.row.session_id},
+                                      {"peer", s.row.peer},
+                                      {"reason", "messages_per_minute"},
+                                      {"limit", s.messages_per_minute}});
+      d.EndSession(s, "closed", "rate_limit_exceeded", true);
+      return;
+    }
   }
   if (env.type != EnvelopeType::kClose) ++s.row.messages_received;
   s.dirty = true;
@@ -385,21 +400,16 @@ void Deliver(Daemon& d, LiveSession& s, const Envelope& env, const std::string& 
                                {"peer", row.from},
                                {"sequence", row.sequence},
                                {"type", type}});
-  // The message is nested: the event's own "type" member names the event.
-  d.Emit("message.received",
+  d.Emit("message.received", "message",
          {{"id", row.relay_id},
           {"session_id", row.session_id},
           {"from", row.from},
-          {"message",
-           {{"id", row.relay_id},
-            {"session_id", row.session_id},
-            {"from", row.from},
-            {"to", row.to},
-            {"sequence", row.sequence},
-            {"type", type},
-            {"timestamp", row.timestamp},
-            {"payload", env.payload},
-            {"received_at", FormatRfc3339Z(now / kNanosPerMilli * kNanosPerMilli)}}}});
+          {"to", row.to},
+          {"sequence", row.sequence},
+          {"type", type},
+          {"timestamp", row.timestamp},
+          {"payload", env.payload},
+          {"received_at", FormatRfc3339Z(now / kNanosPerMilli * kNanosPerMilli)}});
   if (s.row.type == "request_response" && s.row.role == "initiator" &&
       (env.type == EnvelopeType::kResponse || env.type == EnvelopeType::kError)) {
     d.EndSession(s, "closed", "completed", false);
@@ -433,6 +443,12 @@ void HandleAnswer(Daemon& d, LiveSession& s, const SessionMessage& msg) {
     s.row.ttl_seconds = accept->constraints.ttl_seconds;
     s.row.signed_messages = accept->constraints.signed_messages;
     s.row.capabilities = DumpJson(accept->capabilities);
+    if (auto c = accept->object.find("constraints"); c != accept->object.end() && c->is_object()) {
+      if (auto m = c->find("messages_per_minute"); m != c->end() && m->is_number_unsigned()) {
+        d.SetSessionRate(s, static_cast<std::uint32_t>(
+                                std::min<std::uint64_t>(m->get<std::uint64_t>(), 1'000'000'000)));
+      }
+    }
     s.row.expires_at = now + static_cast<UnixNanos>(s.row.ttl_seconds) * kNanosPerSecond;
     s.row.updated_at = now;
     s.dirty = true;
@@ -440,7 +456,7 @@ void HandleAnswer(Daemon& d, LiveSession& s, const SessionMessage& msg) {
                                {"peer", s.row.peer},
                                {"role", "initiator"},
                                {"intent", s.row.intent_category}});
-    d.Emit("session.opened", d.SessionToJson(s.row));
+    d.Emit("session.opened", "session", d.SessionToJson(s.row));
     finish(d.SessionToJson(s.row));
   } else if (const auto* reject = std::get_if<Reject>(&msg)) {
     auto ok = VerifyReject(*reject, *peer_key, d.identity_->amid, now);
@@ -457,10 +473,11 @@ void HandleAnswer(Daemon& d, LiveSession& s, const SessionMessage& msg) {
     s.dirty = true;
     d.Audit("knock.rejected_by_peer",
             {{"session_id", s.row.session_id}, {"peer", s.row.peer}, {"reason", reason}});
-    d.Emit("session.closed", {{"session_id", s.row.session_id},
-                              {"peer", s.row.peer},
-                              {"state", "rejected"},
-                              {"reason", reason}});
+    d.Emit("session.closed", "session",
+           {{"session_id", s.row.session_id},
+            {"peer", s.row.peer},
+            {"state", "rejected"},
+            {"reason", reason}});
     nlohmann::json data = {{"reason", reason}};
     if (reject->human_readable) data["human_readable"] = *reject->human_readable;
     if (reject->retry_after_seconds) data["retry_after_seconds"] = *reject->retry_after_seconds;
@@ -485,6 +502,19 @@ void Daemon::HandleIncoming(const IncomingMessage& m) {
   auto header = ParseMessageHeader(*bytes);
   if (!header) return Nack(*this, m, "not a ratchet message");
   const std::string sid = UuidFromSessionId(header->session_id);
+  if (auto ev = knocks_in_evaluation_.find(sid); ev != knocks_in_evaluation_.end()) {
+    // The session's KNOCK is still being evaluated: hold this (optimistic) message, unacked.
+    for (const auto& held : ev->second) {
+      if (held.id == m.id) return;
+    }
+    ev->second.push_back(m);
+    return;
+  }
+  if (rejected_sessions_.contains(sid) && !FindSession(sid)) {
+    Audit("message.dropped", {{"session_id", sid}, {"peer", m.from}, {"reason", "knock_rejected"}});
+    AckAfterCommit(*this, m.id);
+    return;
+  }
   if (LiveSession* s = FindSession(sid); s != nullptr && s->ratchet && IsLive(*s)) {
     if (s->row.peer != m.from) return Nack(*this, m, "session belongs to another peer");
     auto plain = s->ratchet->Decrypt(*bytes);
@@ -575,21 +605,29 @@ void HandleKnockMessage(Daemon& d, const IncomingMessage& m, Bytes bytes,
   nlohmann::json intent = {{"category", knock->intent.category}};
   if (knock->intent.subcategory) intent["subcategory"] = *knock->intent.subcategory;
   if (knock->intent.action) intent["action"] = *knock->intent.action;
-  d.Emit("knock.received", {{"session_id", sid}, {"from", m.from}, {"intent", intent}});
+  d.Emit("knock.received", "knock", {{"session_id", sid}, {"from", m.from}, {"intent", intent}});
   d.Audit("knock.received", {{"session_id", sid}, {"peer", m.from}, {"intent", intent}});
 
   auto session = std::make_shared<RatchetSession>(std::move(responded->session));
   const std::optional<std::uint32_t> opk_id = info.one_time_prekey_id;
   d.processing_.insert(m.id);
+  d.knocks_in_evaluation_.try_emplace(sid);
   const IncomingMessage msg = m;
   d.LookupPeer(
       m.from, false,
       [&d, msg, sid, knock, session, opk_id, signature_ok, intent](Result<nlohmann::json> lookup) {
         d.processing_.erase(msg.id);
-        if (d.stopping_ || !d.identity_) return;
+        std::vector<IncomingMessage> held;
+        if (auto ev = d.knocks_in_evaluation_.find(sid); ev != d.knocks_in_evaluation_.end()) {
+          held = std::move(ev->second);
+          d.knocks_in_evaluation_.erase(ev);
+        }
+        if (d.stopping_ || !d.identity_) return;  // held messages stay unacked: redelivered
         if (auto consumed = d.store_->SessionConsumed(sid);
             d.sessions_.contains(sid) || (consumed && *consumed)) {
           AckAfterCommit(d, msg.id);  // a resent copy of a KNOCK answered meanwhile
+          for (const auto& h : held) d.HandleIncoming(h);
+          d.ServeWaiters();
           return;
         }
         const UnixNanos now = Now();
@@ -641,10 +679,23 @@ void HandleKnockMessage(Daemon& d, const IncomingMessage& m, Bytes bytes,
                                     .constraints = c,
                                     .timestamp = now};
           auto accept = BuildAccept(params, d.identity_->signing);
+          const std::uint32_t mpm = d.policy_.rate_limit.messages_per_minute;
+          if (accept && mpm > 0) {
+            // constraints.messages_per_minute: the policy's per-session rate, granted in the
+            // signed ACCEPT (an extension member; peers that do not know it ignore it).
+            nlohmann::json object = accept->object;
+            object["constraints"]["messages_per_minute"] = mpm;
+            if (auto r = SignObject(object, d.identity_->signing.secret); !r) {
+              accept = std::unexpected(r.error());
+            } else {
+              accept = ParseAccept(object);
+            }
+          }
           if (!accept) {
             LogError("cannot build an ACCEPT: " + accept.error().ToString());
             return;
           }
+          live->messages_per_minute = mpm;
           ciphertext = session->Encrypt(AsBytes(accept->Serialize()), rng);
           message_type = "accept";
           row.state = "active";
@@ -697,7 +748,7 @@ void HandleKnockMessage(Daemon& d, const IncomingMessage& m, Bytes bytes,
                                   {"from", msg.from},
                                   {"decision", decision.accepted ? "accept" : "reject"}};
         if (decision.reason) decided["reason"] = std::string(RejectReasonName(*decision.reason));
-        d.Emit("knock.decided", decided);
+        d.Emit("knock.decided", "decision", decided);
         nlohmann::json audit = {{"session_id", sid},
                                 {"peer", msg.from},
                                 {"intent", intent},
@@ -707,11 +758,25 @@ void HandleKnockMessage(Daemon& d, const IncomingMessage& m, Bytes bytes,
         const bool accepted = row.state == "active";
         nlohmann::json opened = d.SessionToJson(row);
         if (accepted) {
+          LiveSession& stored = *live;
           d.sessions_[sid] = std::move(live);
+          d.SetSessionRate(stored, stored.messages_per_minute);
           d.Audit(
               "session.opened",
               {{"session_id", sid}, {"peer", msg.from}, {"role", "receiver"}, {"intent", intent}});
-          d.Emit("session.opened", opened);
+          d.Emit("session.opened", "session", opened);
+        }
+        if (accepted) {
+          // Envelopes that came with the KNOCK (optimistic send): delivered now, in order.
+          for (const auto& h : held) d.HandleIncoming(h);
+          d.ServeWaiters();
+        } else {
+          d.rejected_sessions_[sid] = now;
+          for (const auto& h : held) {
+            d.Audit("message.dropped",
+                    {{"session_id", sid}, {"peer", h.from}, {"reason", "knock_rejected"}});
+            AckAfterCommit(d, h.id);
+          }
         }
         if (opk_id) d.MaintainPrekeys();
       });
@@ -829,6 +894,13 @@ void Daemon::StartKnock(KnockRequest request, std::function<void(RpcResult)> don
           if (shared->intent.subcategory) intent["subcategory"] = *shared->intent.subcategory;
           if (shared->intent.action) intent["action"] = *shared->intent.action;
           Audit("knock.sent", {{"session_id", sid}, {"peer", peer.str()}, {"intent", intent}});
+          if (shared->first_message) {
+            // Optimistic send: the first envelope right behind the KNOCK (same outbox order).
+            auto first = std::move(*shared->first_message);
+            shared->first_message.reset();
+            if (LiveSession* s = FindSession(sid)) s->optimistic = true;
+            SendEnvelope(sid, first.type, std::move(first.payload), std::move(first.done));
+          }
           const std::uint64_t timer = timers_.Start(shared->timeout_ms, [this, sid] {
             auto it = knock_waits_.find(sid);
             if (it == knock_waits_.end()) return;
@@ -864,7 +936,8 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
     done(RpcFail(MakeError(Code::kNotFound, "no such session", "session_id")));
     return;
   }
-  if (s->row.state != "active" || !s->ratchet) {
+  const bool optimistic = s->row.state == "pending" && s->optimistic;
+  if ((s->row.state != "active" && !optimistic) || !s->ratchet) {
     done(RpcFail(
         MakeError(Code::kConflict, fmt::format("the session is {}", s->row.state), "session_id")));
     return;
@@ -894,6 +967,22 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
         fmt::format("the session allows {} messages; it is now closed", s->row.max_messages),
         "payload")));
     return;
+  }
+  if (type != EnvelopeType::kClose && s->messages_per_minute > 0) {
+    if (!s->send_bucket) s->send_bucket = TokenBucket::PerMinute(s->messages_per_minute, now);
+    if (!s->send_bucket->TryTake(now)) {
+      const UnixNanos wait = s->send_bucket->RetryAfter(now);
+      RpcError e = ToRpcError(MakeError(
+          Code::kLimitExceeded,
+          fmt::format("the session allows {} messages per minute (ACCEPT constraint); try again "
+                      "later",
+                      s->messages_per_minute),
+          "payload"));
+      e.data["retry_after_seconds"] = (wait + kNanosPerSecond - 1) / kNanosPerSecond;
+      e.data["messages_per_minute"] = s->messages_per_minute;
+      done(std::unexpected(std::move(e)));
+      return;
+    }
   }
   const EnvelopeParams params{.session_id = session_id,
                               .sequence = s->row.last_sent_seq + 1,
@@ -957,7 +1046,7 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
             fmt::format("the relay refused the message ({})", delivery.substr(8)), "payload")));
         return;
       }
-      Emit("delivery.status",
+      Emit("delivery.status", "delivery",
            {{"session_id", session_id}, {"sequence", sequence}, {"delivery", delivery}});
       done(nlohmann::json{
           {"session_id", session_id}, {"sequence", sequence}, {"delivery", delivery}});
@@ -968,6 +1057,15 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
       (type == EnvelopeType::kResponse || type == EnvelopeType::kError)) {
     EndSession(*s, "closed", "completed", false);
   }
+}
+
+void Daemon::SetSessionRate(LiveSession& s, std::uint32_t messages_per_minute) {
+  s.messages_per_minute = messages_per_minute;
+  s.send_bucket.reset();
+  s.recv_bucket.reset();
+  if (messages_per_minute == 0) return;
+  Batch();
+  (void)store_->SetMetaText("session_mpm:" + s.row.session_id, std::to_string(messages_per_minute));
 }
 
 void Daemon::EndSession(LiveSession& s, std::string_view state, std::string_view reason,
@@ -987,10 +1085,11 @@ void Daemon::EndSession(LiveSession& s, std::string_view state, std::string_view
                            {"peer", s.row.peer},
                            {"state", s.row.state},
                            {"reason", s.row.close_reason}});
-  Emit("session.closed", {{"session_id", s.row.session_id},
-                          {"peer", s.row.peer},
-                          {"state", s.row.state},
-                          {"reason", s.row.close_reason}});
+  Emit("session.closed", "session",
+       {{"session_id", s.row.session_id},
+        {"peer", s.row.peer},
+        {"state", s.row.state},
+        {"reason", s.row.close_reason}});
 }
 
 void Daemon::ExpireSessions() {

@@ -1,12 +1,16 @@
 #include "util.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -19,12 +23,38 @@
 namespace agentmesh::daemon {
 namespace {
 LogLevel g_level = LogLevel::kInfo;
+UnixNanos g_clock_offset = 0;
 }  // namespace
 
 UnixNanos Now() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::system_clock::now().time_since_epoch())
-      .count();
+             .count() +
+         g_clock_offset;
+}
+
+void SetClockOffset(UnixNanos offset) { g_clock_offset = offset; }
+
+bool SdNotify(std::string_view state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || *path == '\0') return false;
+  const std::string_view name(path);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (name.size() >= sizeof addr.sun_path || (name[0] != '/' && name[0] != '@')) return false;
+  std::memcpy(addr.sun_path, name.data(), name.size());
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+  if (name[0] == '@') {
+    addr.sun_path[0] = '\0';  // abstract namespace: no terminating NUL counted
+  } else {
+    len += 1;
+  }
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const ssize_t n = ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL,
+                             reinterpret_cast<const sockaddr*>(&addr), len);
+  ::close(fd);
+  return n == static_cast<ssize_t>(state.size());
 }
 
 Result<SessionId> SessionIdFromUuid(std::string_view uuid) {

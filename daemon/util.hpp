@@ -20,8 +20,17 @@ inline Error MakeError(Code code, std::string message, std::string field = {}) {
   return Error{code, std::move(message), std::move(field)};
 }
 
-// Wall clock (system_clock) as UnixNanos.
+// Wall clock (system_clock) as UnixNanos, plus the test-only offset below.
 UnixNanos Now();
+// Test-only (agentmeshd's hidden --test-clock-offset): shifts Now() by `offset`. Only the daemon's
+// own clock moves (prekey ages, session TTLs, KNOCK/envelope timestamps); requests to the
+// registry and the relay keep the real clock. Call before the loop starts.
+void SetClockOffset(UnixNanos offset);
+
+// systemd's readiness protocol (sd_notify(3)) without libsystemd: sends `state` (e.g. "READY=1")
+// as one datagram to the AF_UNIX socket named by $NOTIFY_SOCKET (a path, or "@name" for the
+// abstract namespace). No-op when the variable is unset; errors are ignored (returns false).
+bool SdNotify(std::string_view state);
 
 // The 16 ratchet session-id bytes of a canonical UUID text, and back. kInvalidArgument for text
 // that is not 32 hex digits in 8-4-4-4-12 form.

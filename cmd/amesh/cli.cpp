@@ -1,6 +1,7 @@
 #include "cli.hpp"
 
 #include <algorithm>
+#include <filesystem>
 #include <iostream>
 
 #include "daemon_control.hpp"
@@ -186,7 +187,17 @@ int ExitStatusFor(const RpcError& error) noexcept {
   }
 }
 
+// RPC.md §1: --socket > $AGENTMESH_SOCKET > <home>/agentmeshd.sock when a home is given (--home
+// or $AGENTMESH_HOME) > $XDG_RUNTIME_DIR/agentmesh/agentmeshd.sock > ~/.agentmesh/agentmeshd.sock,
+// the same rule as agentmeshd, so amesh finds the daemon it would autostart.
 std::string Context::SocketPath() const {
+  const auto set = [](const std::optional<std::string>& v) { return v && !v->empty(); };
+  if (!globals.socket.empty() || set(io_.env(agentmesh::rpc::kEnvSocket))) {
+    return agentmesh::rpc::ResolveSocketPath(globals.socket, globals.home, io_.env);
+  }
+  if (!globals.home.empty() || set(io_.env(agentmesh::rpc::kEnvHome))) {
+    return (std::filesystem::path(HomeDir()) / agentmesh::rpc::kSocketFileName).string();
+  }
   return agentmesh::rpc::ResolveSocketPath(globals.socket, globals.home, io_.env);
 }
 
@@ -259,9 +270,11 @@ std::unique_ptr<CLI::App> BuildApp(Context& ctx) {
   app->require_subcommand(1);
   app->fallthrough();
   app->option_defaults()->always_capture_default(false);
-  app->add_option("--socket", ctx.globals.socket,
-                  "agentmeshd's control socket (default $AGENTMESH_SOCKET, else "
-                  "$XDG_RUNTIME_DIR/agentmesh/agentmeshd.sock, else HOME/agentmeshd.sock)")
+  app->add_option(
+         "--socket", ctx.globals.socket,
+         "agentmeshd's control socket (default $AGENTMESH_SOCKET, else HOME/agentmeshd.sock "
+         "when --home or $AGENTMESH_HOME is given, else "
+         "$XDG_RUNTIME_DIR/agentmesh/agentmeshd.sock, else ~/.agentmesh/agentmeshd.sock)")
       ->type_name("PATH");
   app->add_option("--home", ctx.globals.home,
                   "the agent's home directory (default $AGENTMESH_HOME, else ~/.agentmesh)")

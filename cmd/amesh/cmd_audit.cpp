@@ -39,12 +39,10 @@ std::string EventLine(const json& event) {
   return line;
 }
 
-// An `audit` notification's params: the audit event itself, nested under "event" or merged
-// with the notification's own members (RPC.md §4 leaves it open).
-json EventFromNotification(json params) {
-  if (auto it = params.find("event"); it != params.end() && it->is_object()) return *it;
-  params.erase("subscription");
-  if (params.value("type", "") == "audit") params.erase("type");
+// An `audit` notification's params: {subscription, type:"audit", time, record:{…}} (RPC.md §4);
+// the audit record itself is `record`.
+json EventFromNotification(const json& params) {
+  if (auto it = params.find("record"); it != params.end() && it->is_object()) return *it;
   return params;
 }
 
@@ -85,7 +83,7 @@ int RunAudit(Context& ctx, const AuditArgs& args) {
     auto event = (*client)->NextEvent(std::nullopt);
     if (!event) return ctx.Fail(event.error());
     if (!*event) continue;
-    const json e = EventFromNotification(std::move(**event));
+    const json e = EventFromNotification(**event);
     if (!seen.empty() && seen.erase(Compact(e)) > 0) continue;
     print(e);
     if (!ctx.out()) return kExitOk;

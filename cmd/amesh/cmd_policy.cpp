@@ -43,23 +43,15 @@ int RunSet(Context& ctx, const std::string& file) {
   return kExitOk;
 }
 
-// Prints the decision trace. Accepts RPC.md's shape ({decision, reason, trace:[{rule, outcome,
-// detail}]}) and the core's DecisionToJson shape ({accepted, reason, trace:[{rule, passed,
-// detail}]}).
+// Prints the decision trace: the core's DecisionToJson shape ({accepted, reason,
+// human_readable, retry_after_seconds, constraints, trace:[{rule, passed, detail}]}).
 bool PrintDecision(Context& ctx, const json& r) {
-  bool accepted = false;
-  if (auto it = r.find("decision"); it != r.end() && it->is_string()) {
-    accepted = *it == "accept";
-  } else {
-    accepted = r.value("accepted", false);
-  }
+  const bool accepted = r.value("accepted", false);
   Table table({"#", "RULE", "RESULT", "DETAIL"});
   int n = 0;
   for (const auto& step : r.value("trace", json::array())) {
     std::string outcome;
-    if (auto it = step.find("outcome"); it != step.end()) {
-      outcome = CellText(*it);
-    } else if (auto p = step.find("passed"); p != step.end() && p->is_boolean()) {
+    if (auto p = step.find("passed"); p != step.end() && p->is_boolean()) {
       outcome = p->get<bool>() ? "pass" : "fail";
     }
     table.AddRow({std::to_string(++n), Field(step, "rule"), outcome, Field(step, "detail")});

@@ -184,12 +184,15 @@ class Server {
         if (auto stop = Rescan()) return stop;
         continue;
       }
+      // Event payloads are nested (RPC.md §4): session.opened carries `session`,
+      // message.received carries `message`.
       const json& e = **event;
       const std::string type = StringField(e, "type");
-      const std::string session_id = StringField(e, "session_id");
+      const json payload = e.value(type == "session.opened" ? "session" : "message", json());
+      const std::string session_id = StringField(payload, "session_id");
       if (session_id.empty()) continue;
       if (type == "session.opened") {
-        Remember(e);
+        Remember(payload);
         continue;
       }
       if (type != "message.received") continue;

@@ -41,6 +41,14 @@ int RunStatus(Context& ctx) {
   fields.emplace_back("registry",
                       Field(registry, "url") +
                           (registry.value("reachable", false) ? " (reachable)" : " (unreachable)"));
+  std::string presence = "not registered";
+  if (registry.value("registered", false)) {
+    auto it = registry.find("presence");
+    presence = it != registry.end() && it->is_string()
+                   ? it->get<std::string>() + " (in the registry)"
+                   : "not reported yet";
+  }
+  fields.emplace_back("presence", presence);
   fields.emplace_back("sessions", std::to_string(IntField(sessions, "active")) + " active");
   fields.emplace_back("inbox", std::to_string(IntField(inbox, "pending")) + " pending");
   fields.emplace_back("knocks", s.value("paused", false)

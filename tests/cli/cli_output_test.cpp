@@ -1,7 +1,9 @@
 // amesh against a scripted daemon: what each command sends (method and params), what it prints
 // in both modes, and which exit status each daemon error becomes.
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <mutex>
+#include <thread>
 
 #include "cli.hpp"
 #include "harness.hpp"
@@ -262,10 +264,15 @@ TEST_CASE("status pipelines ping and status", "[cli]") {
                          {"socket", "/s"},
                          {"paused", true},
                          {"relay", {{"url", "ws://r"}, {"connected", false}}},
-                         {"registry", {{"url", "http://g"}, {"reachable", true}}},
+                         {"registry",
+                          {{"url", "http://g"},
+                           {"reachable", true},
+                           {"registered", true},
+                           {"presence", "online"}}},
                          {"sessions", {{"active", 2}}},
                          {"inbox", {{"pending", 5}}}}));
   const RunResult r = f.Run({"status"});
+  CHECK(r.out.find("online (in the registry)") != std::string::npos);
   CHECK(r.status == 0);
   CHECK(r.out.find("not initialized (run `amesh init`)") != std::string::npos);
   CHECK(r.out.find("pid 42, up 1m") != std::string::npos);
@@ -277,11 +284,14 @@ TEST_CASE("status pipelines ping and status", "[cli]") {
 TEST_CASE("policy test prints the trace and exits 4 on reject", "[cli]") {
   Fixture f;
   f.Answer("policy.test",
-           Ok({{"decision", "reject"},
+           Ok({{"accepted", false},
                {"reason", "intent_not_accepted"},
+               {"human_readable", ""},
+               {"retry_after_seconds", nullptr},
+               {"constraints", nullptr},
                {"trace",
-                {{{"rule", "paused"}, {"outcome", "pass"}, {"detail", "not paused"}},
-                 {{"rule", "intent"}, {"outcome", "fail"}, {"detail", "creative is rejected"}}}}}));
+                {{{"rule", "paused"}, {"passed", true}, {"detail", "not paused"}},
+                 {{"rule", "intent"}, {"passed", false}, {"detail", "creative is rejected"}}}}}));
   RunResult r = f.Run({"policy", "test", "--intent", "creative/poems", "--tier", "verified"});
   CHECK(r.status == amesh::kExitRejected);
   CHECK(r.out.find("2  intent  fail    creative is rejected") != std::string::npos);
@@ -290,7 +300,7 @@ TEST_CASE("policy test prints the trace and exits 4 on reject", "[cli]") {
   CHECK(p["knock"]["intent"] == json{{"category", "creative"}, {"subcategory", "poems"}});
   CHECK(p["context"]["tier"] == "verified");
 
-  // The core's DecisionToJson shape is understood too.
+  // An accept prints the granted constraints.
   f.Answer("policy.test", Ok({{"accepted", true},
                               {"reason", nullptr},
                               {"trace", {{{"rule", "paused"}, {"passed", true}, {"detail", "ok"}}}},
@@ -400,4 +410,81 @@ TEST_CASE("serve runs the command per request and replies with its output", "[cl
     CHECK(r.status == 0);
     CHECK(f.LastParams("reply")["payload"] == json{{"result", 42}});
   }
+}
+
+TEST_CASE("an explicit home beats XDG_RUNTIME_DIR for the socket, as in agentmeshd", "[cli]") {
+  ScratchDir dir;
+  std::filesystem::create_directories(dir.path() / "h1");
+  std::filesystem::create_directories(dir.path() / "h2");
+  std::filesystem::create_directories(dir.path() / "run" / "agentmesh");
+  auto answer = [](const std::string& name) {
+    return [name](const std::string& m, const json&) {
+      if (m == "whoami") return Ok({{"amid", kAmid}, {"display_name", name}});
+      return RpcErrorObject(-32601, "method_not_found", "unknown method " + m);
+    };
+  };
+  FakeDaemon h1(dir.path() / "h1" / "agentmeshd.sock", answer("home-one"));
+  FakeDaemon h2(dir.path() / "h2" / "agentmeshd.sock", answer("home-two"));
+  FakeDaemon xdg(dir.path() / "run" / "agentmesh" / "agentmeshd.sock", answer("runtime-dir"));
+  const std::map<std::string, std::string> base = {
+      {"XDG_RUNTIME_DIR", (dir.path() / "run").string()},
+      {"HOME", dir.path().string()},
+      {"AGENTMESHD", "/nonexistent"}};
+  auto whoami = [&](std::vector<std::string> args, std::map<std::string, std::string> extra) {
+    RunOptions o;
+    o.env = base;
+    for (auto& [k, v] : extra) o.env[k] = v;
+    args.insert(args.begin(), "--no-autostart");
+    args.insert(args.begin(), "--json");
+    args.push_back("whoami");
+    RunResult r = Amesh(args, o);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    return json::parse(r.out)["display_name"].get<std::string>();
+  };
+  // $AGENTMESH_HOME and --home each select <home>/agentmeshd.sock over the runtime dir.
+  CHECK(whoami({}, {{"AGENTMESH_HOME", (dir.path() / "h1").string()}}) == "home-one");
+  CHECK(whoami({"--home", (dir.path() / "h2").string()},
+               {{"AGENTMESH_HOME", (dir.path() / "h1").string()}}) == "home-two");
+  // No home given: the runtime dir.
+  CHECK(whoami({}, {}) == "runtime-dir");
+  // --socket and $AGENTMESH_SOCKET still come first.
+  CHECK(whoami({"--socket", (dir.path() / "h2" / "agentmeshd.sock").string()},
+               {{"AGENTMESH_HOME", (dir.path() / "h1").string()}}) == "home-two");
+  CHECK(whoami({}, {{"AGENTMESH_SOCKET", (dir.path() / "h1" / "agentmeshd.sock").string()},
+                    {"AGENTMESH_HOME", (dir.path() / "h2").string()}}) == "home-one");
+}
+
+TEST_CASE("audit --follow prints the nested record with its own type", "[cli]") {
+  Fixture f;
+  f.Answer("subscribe", Ok({{"subscription", 1}}));
+  f.Answer("audit", Ok({{"events", json::array()}}));
+  std::thread pusher([&] {
+    // Wait until amesh subscribed and read the backlog, then push one audit event.
+    for (int i = 0; i < 200; ++i) {
+      bool ready = false;
+      for (const auto& r : f.daemon->Requests()) ready = ready || r.value("method", "") == "audit";
+      if (ready) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    f.daemon->Push({{"subscription", 1},
+                    {"type", "audit"},
+                    {"time", "2026-11-24T10:00:01.000Z"},
+                    {"record",
+                     {{"time", "2026-11-24T10:00:00.000Z"},
+                      {"event", "message.sent"},
+                      {"type", "request"},
+                      {"session_id", kSession}}}});
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    f.daemon.reset();  // hang up: amesh exits
+  });
+  RunResult r = f.Run({"--json", "audit", "--follow"});
+  pusher.join();
+  INFO(r.err);
+  const auto nl = r.out.find('\n');
+  REQUIRE(nl != std::string::npos);
+  const json line = json::parse(r.out.substr(0, nl));
+  CHECK(line["event"] == "message.sent");
+  CHECK(line["type"] == "request");
+  CHECK(line["session_id"] == kSession);
 }

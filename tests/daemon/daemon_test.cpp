@@ -1,5 +1,9 @@
 // Integration tests: real amesh-relay, amesh-registry and agentmeshd processes on loopback, each
 // test in its own temp dir, talking JSON-RPC to the daemons over their sockets.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include <atomic>
@@ -55,8 +59,10 @@ class Mesh {
 
   // A started, initialized daemon (registered when `capabilities` is given).
   DaemonProcess& Agent(const std::string& name, std::optional<json> capabilities = json::array(),
-                       std::optional<json> config = std::nullopt) {
+                       std::optional<json> config = std::nullopt,
+                       std::vector<std::string> extra_args = {}) {
     auto d = std::make_unique<DaemonProcess>(dir_.path() / name, registry_url_, relay_url_);
+    d->extra_args = std::move(extra_args);
     if (config) std::ofstream(d->home() / "config.json") << config->dump();
     d->Start();
     json init = d->Init(name);
@@ -71,6 +77,7 @@ class Mesh {
   }
 
   const std::filesystem::path& dir() const { return dir_.path(); }
+  std::uint16_t registry_port() { return registry_.port(); }
   std::string log() const {
     std::string out = "relay:\n" + relay_.log() + "\nregistry:\n" + registry_.log();
     for (const auto& a : agents_) out += "\n" + a->home().filename().string() + ":\n" + a->log();
@@ -86,6 +93,47 @@ class Mesh {
 };
 
 std::string Amid(DaemonProcess& d) { return d.rpc.Call("whoami")["amid"]; }
+
+// GET http://127.0.0.1:port/path → the JSON body (null on any failure). HTTP/1.0, no keep-alive.
+json HttpGetJson(std::uint16_t port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return nullptr;
+  }
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  (void)!::write(fd, req.data(), req.size());
+  std::string resp;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) resp.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  const auto body = resp.find("\r\n\r\n");
+  if (body == std::string::npos) return nullptr;
+  auto doc = json::parse(resp.substr(body + 4), nullptr, false);
+  return doc.is_discarded() ? json(nullptr) : doc;
+}
+
+// Polls the audit log of `d` until a line contains every needle.
+bool WaitAudit(DaemonProcess& d, const std::vector<std::string>& needles,
+               std::chrono::milliseconds timeout = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream in(d.home() / "logs" / "audit.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      bool all = true;
+      for (const auto& n : needles) all = all && line.find(n) != std::string::npos;
+      if (all) return true;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
 
 // An active session from `a` to `b` of `type`.
 std::string OpenSession(DaemonProcess& a, DaemonProcess& b, const std::string& type,
@@ -346,10 +394,10 @@ TEST_CASE("daemon: knock accepted then request and response", "[daemon]") {
   INFO(mesh.log());
   auto received = b.rpc.WaitEvent("knock.received");
   REQUIRE(received.has_value());
-  CHECK((*received)["session_id"] == sid);
+  CHECK((*received)["knock"]["session_id"] == sid);
   auto decided = b.rpc.WaitEvent("knock.decided");
   REQUIRE(decided.has_value());
-  CHECK((*decided)["decision"] == "accept");
+  CHECK((*decided)["decision"]["decision"] == "accept");
 
   json sent = a.rpc.Call("send", {{"to", sid}, {"payload", {{"question", "TLV to LHR?"}}}});
   CHECK(sent["sequence"] == 1);
@@ -357,7 +405,7 @@ TEST_CASE("daemon: knock accepted then request and response", "[daemon]") {
   auto event = b.rpc.WaitEvent("message.received");
   REQUIRE(event.has_value());
   CHECK((*event)["type"] == "message.received");
-  CHECK((*event)["session_id"] == sid);
+  CHECK((*event)["message"]["session_id"] == sid);
   CHECK((*event)["message"]["type"] == "request");
   CHECK((*event)["message"]["payload"]["question"] == "TLV to LHR?");
   json got = b.rpc.Call("recv", {{"timeout_ms", 10000}});
@@ -451,10 +499,19 @@ TEST_CASE("daemon: knock rejected - blocked or intent_not_accepted or not_in_all
   // policy.test is a dry run with a trace.
   json t = b.rpc.Call("policy.test", {{"knock", {{"from", a_amid}, {"intent", "travel"}}},
                                       {"context", {{"paused", true}}}});
-  CHECK(t["decision"] == "reject");
+  // The core's DecisionToJson shape, exactly.
+  CHECK(t["accepted"] == false);
   CHECK(t["reason"] == "paused");
+  CHECK(t.contains("human_readable"));
+  CHECK(t["retry_after_seconds"].is_null());
+  CHECK(t["constraints"].is_null());
   CHECK(t["trace"][0]["rule"] == "paused");
-  CHECK(t["trace"][0]["outcome"] == "fail");
+  CHECK(t["trace"][0]["passed"] == false);
+  CHECK_FALSE(t.contains("decision"));
+  json ok = b.rpc.Call("policy.test", {{"knock", {{"from", a_amid}, {"intent", "travel"}}}});
+  CHECK(ok["accepted"] == true);
+  CHECK(ok["reason"].is_null());
+  CHECK(ok["constraints"]["max_messages"].is_number());
 
   // The registry's tier (anonymous) and reputation (unrated = 0.5) decide, not the KNOCK's hints.
   b.rpc.Call("policy.set", {{"policy", {{"accept_tiers", json::array({"verified"})}}}});
@@ -506,7 +563,9 @@ TEST_CASE(
   Mesh mesh;
   auto& a = mesh.Agent("alice");
   auto& b = mesh.Agent("bob", json::array({"stream"}));
-  b.rpc.Call("policy.set", {{"policy", {{"default_constraints", {{"max_messages", 100000}}}}}});
+  b.rpc.Call("policy.set", {{"policy",
+                             {{"default_constraints", {{"max_messages", 100000}}},
+                              {"rate_limit", {{"messages_per_minute", 1000000}}}}}});
   const std::string sid = OpenSession(a, b, "stream", "x-test");
   constexpr int kCount = 1000;
   std::string batch;
@@ -561,7 +620,8 @@ TEST_CASE("daemon: kill -9 of the sender during a stream loses no acknowledged m
   // Unsigned envelopes (negotiated off on both sides): the AEAD alone authenticates.
   b.rpc.Call("policy.set",
              {{"policy",
-               {{"default_constraints", {{"max_messages", 100000}, {"signed_messages", false}}}}}});
+               {{"default_constraints", {{"max_messages", 100000}, {"signed_messages", false}}},
+                {"rate_limit", {{"messages_per_minute", 1000000}}}}}});
   const std::string sid = OpenSession(a, b, "stream", "x-test", {{"signed_messages", false}});
   CHECK(a.rpc.Call("sessions",
                    {{"state", "active"}})["sessions"][0]["constraints"]["signed_messages"] ==
@@ -676,7 +736,7 @@ TEST_CASE("daemon: constraint breach closes the session", "[daemon]") {
   auto closed = b.rpc.WaitEvent("session.closed", 10s);
   INFO(mesh.log());
   REQUIRE(closed.has_value());
-  CHECK((*closed)["session_id"] == sid);
+  CHECK((*closed)["session"]["session_id"] == sid);
   CHECK(RecvAll(b, 3, 10s).size() == 3);
 }
 
@@ -777,3 +837,277 @@ TEST_CASE("daemon: payload plaintext never reaches the relay store or the daemon
 }
 
 #endif  // AMESH_REGISTRY_BIN
+
+// ---- issue 5 follow-ups: events, socket path, child processes, rates, optimistic send, prekey
+// rotation, presence, sd_notify.
+
+TEST_CASE("daemon: events nest their payload - an audit record keeps its own type", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string sid = OpenSession(a, b, "conversation");
+  a.rpc.Call("subscribe", {{"events", json::array({"audit", "delivery.status"})}});
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"q", 1}}}});
+  std::optional<json> sent;
+  for (int i = 0; i < 20 && !sent; ++i) {
+    auto ev = a.rpc.WaitEvent("audit", 5s);
+    REQUIRE(ev.has_value());
+    CHECK((*ev)["type"] == "audit");
+    CHECK((*ev)["subscription"].is_number());
+    if ((*ev)["record"]["event"] == "message.sent") sent = *ev;
+  }
+  INFO(mesh.log());
+  REQUIRE(sent.has_value());
+  // The record's own "type" (the envelope type) is intact, nested under "record".
+  CHECK((*sent)["record"]["type"] == "request");
+  CHECK((*sent)["record"]["session_id"] == sid);
+  auto delivery = a.rpc.WaitEvent("delivery.status", 5s);
+  REQUIRE(delivery.has_value());
+  CHECK((*delivery)["delivery"]["session_id"] == sid);
+  CHECK((*delivery)["delivery"]["sequence"] == 1);
+}
+
+TEST_CASE("daemon: an explicit home beats XDG_RUNTIME_DIR for the socket", "[daemon]") {
+  TempDir dir;
+  const auto run = dir.path() / "run";
+  std::filesystem::create_directories(run);
+  ::setenv("XDG_RUNTIME_DIR", run.c_str(), 1);
+  ::unsetenv("AGENTMESH_SOCKET");
+  ChildProcess one, two;
+  const auto h1 = dir.path() / "h1", h2 = dir.path() / "h2";
+  REQUIRE(one.Start({AGENTMESHD_BIN, "--foreground", "--home", h1.string()}, dir.path() / "1.log"));
+  ::setenv("AGENTMESH_HOME", h2.c_str(), 1);
+  REQUIRE(two.Start({AGENTMESHD_BIN, "--foreground"}, dir.path() / "2.log"));
+  ::unsetenv("AGENTMESH_HOME");
+  ::unsetenv("XDG_RUNTIME_DIR");
+  INFO(one.StderrLog() << two.StderrLog());
+  REQUIRE(one.WaitForLine("listening on", 30s).has_value());
+  REQUIRE(two.WaitForLine("listening on", 30s).has_value());
+  RpcClient c1, c2;
+  REQUIRE(c1.Connect((h1 / "agentmeshd.sock").string()));
+  REQUIRE(c2.Connect((h2 / "agentmeshd.sock").string()));
+  CHECK(c1.Call("status")["home"] == h1.string());
+  CHECK(c2.Call("status")["home"] == h2.string());
+  CHECK_FALSE(std::filesystem::exists(run / "agentmesh" / "agentmeshd.sock"));
+}
+
+TEST_CASE("daemon: stopping while the emergency_stop command still runs exits cleanly",
+          "[daemon]") {
+  TempDir dir;
+  DaemonProcess d(dir.path() / "home", "http://127.0.0.1:9", "ws://127.0.0.1:9/v1/connect");
+  const auto pid_file = dir.path() / "stop.pid";
+  std::ofstream(d.home() / "config.json")
+      << json{{"stop_command", json::array({"/bin/sh", "-c",
+                                            "echo $$ > " + pid_file.string() + "; exec sleep 30"})}}
+             .dump();
+  d.Start();
+  REQUIRE(d.rpc.WriteRaw(R"({"jsonrpc":"2.0","id":77,"method":"emergency_stop"})"
+                         "\n"));
+  std::this_thread::sleep_for(300ms);  // the child is running now
+  // (No other call on this connection: answers come back in request order.)
+  CHECK(WaitAudit(d, {"circuit_breaker", "emergency_stop"}));
+  const auto started = std::chrono::steady_clock::now();
+  const int status = d.Terminate();  // waits up to 10 s
+  INFO(d.log());
+  REQUIRE(status != -1);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
+  CHECK(d.log().find("AddressSanitizer") == std::string::npos);
+  // The command outlived the daemon (unwatched); end it here.
+  const std::string pid_text = ReadAll(pid_file);
+  REQUIRE_FALSE(pid_text.empty());
+  const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+  CHECK(::kill(pid, 0) == 0);
+  ::kill(pid, SIGKILL);
+}
+
+TEST_CASE("daemon: messages_per_minute from the ACCEPT is enforced by both sides", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  b.rpc.Call("policy.set", {{"policy", {{"rate_limit", {{"messages_per_minute", 3}}}}}});
+  const std::string sid = OpenSession(a, b, "conversation");
+  for (int i = 0; i < 3; ++i) a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", i}}}});
+  // The sender refuses the 4th within the minute; the session stays open.
+  json over = a.rpc.CallError("send", {{"to", sid}, {"payload", {{"i", 3}}}});
+  INFO(mesh.log());
+  CHECK(over["code"] == -32005);
+  CHECK(over["data"]["messages_per_minute"] == 3);
+  CHECK(over["data"]["retry_after_seconds"].get<int>() >= 1);
+  CHECK(RecvAll(b, 3, 10s).size() == 3);
+  json sessions = a.rpc.Call("sessions", {{"state", "active"}});
+  REQUIRE(sessions["sessions"].size() == 1);
+
+  // A sender that forgets its bucket (here: restarted) and keeps going is cut off by the receiver.
+  b.rpc.Call("subscribe", {{"events", json::array({"session.closed"})}});
+  a.Terminate();
+  a.Start();
+  REQUIRE(a.WaitRelay());
+  // The first one is already over bob's limit; bob's close may reach alice before the others.
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"j", 0}}}});
+  for (int i = 1; i < 3; ++i) a.rpc.CallRaw("send", {{"to", sid}, {"payload", {{"j", i}}}});
+  auto closed = b.rpc.WaitEvent("session.closed", 10s);
+  REQUIRE(closed.has_value());
+  CHECK((*closed)["session"]["session_id"] == sid);
+  CHECK((*closed)["session"]["reason"] == "rate_limit_exceeded");
+  CHECK(WaitAudit(b, {"constraint.violated", "messages_per_minute", sid}));
+}
+
+TEST_CASE("daemon: optimistic send to an allowlisted peer - accepted and rejected", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string b_amid = Amid(b);
+  a.rpc.Call("allow", {{"amid", b_amid}});
+
+  // Accepted: the message sent with the KNOCK is delivered once the KNOCK is accepted.
+  json sent = a.rpc.Call("send", {{"to", b_amid},
+                                  {"intent", "travel"},
+                                  {"payload", {{"q", "optimistic"}}},
+                                  {"session_type", "conversation"}});
+  INFO(mesh.log());
+  CHECK(sent["optimistic"] == true);
+  CHECK(sent["sequence"] == 1);
+  json got = RecvAll(b, 1, 10s);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["payload"]["q"] == "optimistic");
+  CHECK(got[0]["session_id"] == sent["session_id"]);
+  // The KNOCK and the message left together: knock.sent and message.sent of that session
+  // follow each other in alice's audit log, before the session opened.
+  {
+    std::ifstream in(a.home() / "logs" / "audit.jsonl");
+    std::string line;
+    std::vector<std::string> order;
+    const std::string sid = sent["session_id"];
+    while (std::getline(in, line)) {
+      if (line.find(sid) == std::string::npos) continue;
+      for (const char* e : {"knock.sent", "message.sent", "session.opened"}) {
+        if (line.find(std::string("\"event\":\"") + e + "\"") != std::string::npos) {
+          order.push_back(e);
+        }
+      }
+    }
+    CHECK(order == std::vector<std::string>{"knock.sent", "message.sent", "session.opened"});
+  }
+
+  // Rejected: bob refuses commerce; the early message is dropped unread and audited.
+  b.rpc.Call("policy.set", {{"policy", {{"rejected_intents", json::array({"commerce"})}}}});
+  json err = a.rpc.CallError("send", {{"to", b_amid},
+                                      {"intent", "commerce"},
+                                      {"payload", {{"q", "dropped"}}},
+                                      {"session_type", "conversation"}});
+  CHECK(err["code"] == -32011);
+  CHECK(err["data"]["reason"] == "intent_not_accepted");
+  CHECK(err["data"]["message_dropped"] == true);
+  CHECK(WaitAudit(b, {"message.dropped", "knock_rejected"}));
+  CHECK(b.rpc.Call("recv", {{"timeout_ms", 500}})["messages"].empty());
+}
+
+TEST_CASE("daemon: the signed prekey rotates after 7 days and the old one works for 24 h",
+          "[daemon]") {
+  Mesh mesh;
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string b_amid = Amid(b);
+  const std::string bundle_path = "/v1/registry/prekeys/" + b_amid;
+  json bundle = HttpGetJson(mesh.registry_port(), bundle_path);
+  INFO(bundle.dump());
+  REQUIRE(bundle.is_object());
+  const auto old_id = bundle["signed_prekey_id"].get<std::uint32_t>();
+
+  // Bob goes offline; alice (7 days and an hour later) knocks with the bundle holding the old key.
+  b.Terminate();
+  const std::string later = std::to_string(7 * 86400 + 3600);
+  auto& a = mesh.Agent("alice", json::array(), std::nullopt, {"--test-clock-offset", later});
+  REQUIRE(a.rpc.WriteRaw(json{{"jsonrpc", "2.0"},
+                              {"id", 900},
+                              {"method", "knock"},
+                              {"params",
+                               {{"amid", b_amid},
+                                {"intent", "travel"},
+                                {"type", "conversation"},
+                                {"timeout_ms", 30000}}}}
+                             .dump() +
+                         "\n"));
+  // The KNOCK is queued at the relay (encrypted to the old signed prekey) before bob is back.
+  REQUIRE(WaitAudit(a, {"knock.sent"}));
+  std::this_thread::sleep_for(300ms);
+
+  // Bob restarts 7 days later: it rotates at once, uploads the new key, and still answers the
+  // KNOCK made with the old one (kept 24 h).
+  b.extra_args = {"--test-clock-offset", later};
+  b.Start();
+  json knocked = a.rpc.ReadResponse(900, 30s);
+  INFO(mesh.log());
+  REQUIRE(knocked.contains("result"));
+  CHECK(knocked["result"]["state"] == "active");
+  const std::string sid = knocked["result"]["session_id"];
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"after", "rotation"}}}});
+  CHECK(RecvAll(b, 1, 10s).size() == 1);
+
+  std::uint32_t new_id = old_id;
+  const auto deadline = std::chrono::steady_clock::now() + 15s;
+  while (new_id == old_id && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(200ms);
+    json now = HttpGetJson(mesh.registry_port(), bundle_path);
+    if (now.is_object() && now.contains("signed_prekey_id")) {
+      new_id = now["signed_prekey_id"].get<std::uint32_t>();
+    }
+  }
+  CHECK(new_id != old_id);
+}
+
+TEST_CASE("daemon: presence is online while connected and offline after a clean stop", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string b_amid = Amid(b);
+  auto presence = [&] { return a.rpc.Call("lookup", {{"amid", b_amid}})["status"]; };
+  const auto wait_for = [&](const std::string& want) {
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (presence() == want) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    return false;
+  };
+  INFO(mesh.log());
+  CHECK(wait_for("online"));
+  json status = b.rpc.Call("status");
+  CHECK(status["registry"]["presence"] == "online");
+  CHECK(status["registry"]["registered"] == true);
+  const int code = b.Terminate();
+  CHECK(WIFEXITED(code));
+  CHECK(wait_for("offline"));
+}
+
+TEST_CASE("daemon: sd_notify READY=1 once listening and STOPPING=1 on shutdown", "[daemon]") {
+  TempDir dir;
+  const auto path = dir.path() / "notify.sock";
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  auto receive = [fd](std::chrono::milliseconds timeout) -> std::string {
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, static_cast<int>(timeout.count())) <= 0) return {};
+    char buf[512];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+  };
+  DaemonProcess d(dir.path() / "home", "http://127.0.0.1:9", "ws://127.0.0.1:9/v1/connect");
+  ::setenv("NOTIFY_SOCKET", path.c_str(), 1);
+  d.Start();
+  ::unsetenv("NOTIFY_SOCKET");
+  const std::string ready = receive(10s);
+  INFO(d.log());
+  CHECK(ready.find("READY=1") != std::string::npos);
+  CHECK(ready.find("MAINPID=" + std::to_string(d.process().pid())) != std::string::npos);
+  // Ready means the socket answers.
+  CHECK(d.rpc.Call("ping")["pong"] == true);
+  d.Terminate();
+  CHECK(receive(10s) == "STOPPING=1");
+  ::close(fd);
+}

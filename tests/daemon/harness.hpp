@@ -189,9 +189,10 @@ class DaemonProcess {
   }
 
   void Start(bool wait = true) {
-    REQUIRE(process_.Start({AGENTMESHD_BIN, "--foreground", "--home", home_.string(), "--socket",
-                            socket_, "--log-level", "debug"},
-                           home_ / "stderr.log"));
+    std::vector<std::string> argv = {AGENTMESHD_BIN, "--foreground", "--home",      home_.string(),
+                                     "--socket",     socket_,        "--log-level", "debug"};
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+    REQUIRE(process_.Start(argv, home_ / "stderr.log"));
     if (!wait) return;
     auto line = process_.WaitForLine("listening on", 30s);
     INFO(log());
@@ -224,6 +225,7 @@ class DaemonProcess {
   }
 
   RpcClient rpc;
+  std::vector<std::string> extra_args;  // appended to agentmeshd's argv by Start()
   const std::filesystem::path& home() const { return home_; }
   const std::string& socket() const { return socket_; }
   std::string log() const { return process_.StderrLog(); }
