@@ -187,17 +187,9 @@ int ExitStatusFor(const RpcError& error) noexcept {
   }
 }
 
-// RPC.md §1: --socket > $AGENTMESH_SOCKET > <home>/agentmeshd.sock when a home is given (--home
-// or $AGENTMESH_HOME) > $XDG_RUNTIME_DIR/agentmesh/agentmeshd.sock > ~/.agentmesh/agentmeshd.sock,
-// the same rule as agentmeshd, so amesh finds the daemon it would autostart.
+// RPC.md §1 (agentmesh::rpc::ResolveSocketPath): the same rule as agentmeshd, so amesh finds the
+// daemon it would autostart.
 std::string Context::SocketPath() const {
-  const auto set = [](const std::optional<std::string>& v) { return v && !v->empty(); };
-  if (!globals.socket.empty() || set(io_.env(agentmesh::rpc::kEnvSocket))) {
-    return agentmesh::rpc::ResolveSocketPath(globals.socket, globals.home, io_.env);
-  }
-  if (!globals.home.empty() || set(io_.env(agentmesh::rpc::kEnvHome))) {
-    return (std::filesystem::path(HomeDir()) / agentmesh::rpc::kSocketFileName).string();
-  }
   return agentmesh::rpc::ResolveSocketPath(globals.socket, globals.home, io_.env);
 }
 

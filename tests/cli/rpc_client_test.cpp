@@ -183,7 +183,11 @@ TEST_CASE("socket and home resolution follow RPC.md section 1", "[rpc]") {
   CHECK(ResolveSocketPath(none, std::string("/flag/home"), all) == "/env/sock");
   const auto no_socket =
       Env({{"XDG_RUNTIME_DIR", "/run/user/7"}, {"AGENTMESH_HOME", "/env/home"}, {"HOME", "/h"}});
-  CHECK(ResolveSocketPath(none, none, no_socket) == "/run/user/7/agentmesh/agentmeshd.sock");
+  CHECK(ResolveSocketPath(none, none, no_socket) == "/env/home/agentmeshd.sock");
+  const auto runtime_only = Env({{"XDG_RUNTIME_DIR", "/run/user/7"}, {"HOME", "/h"}});
+  CHECK(ResolveSocketPath(none, none, runtime_only) == "/run/user/7/agentmesh/agentmeshd.sock");
+  CHECK(ResolveSocketPath(none, std::string("/flag/home"), runtime_only) ==
+        "/flag/home/agentmeshd.sock");
   const auto home_only = Env({{"AGENTMESH_HOME", "/env/home"}, {"HOME", "/h"}});
   CHECK(ResolveSocketPath(none, none, home_only) == "/env/home/agentmeshd.sock");
   CHECK(ResolveSocketPath(none, std::string("/flag/home"), home_only) ==

@@ -48,6 +48,10 @@ std::string ResolveSocketPath(const std::optional<std::string>& socket_flag,
                               const std::optional<std::string>& home_flag, const Environment& env) {
   if (auto flag = NonEmpty(socket_flag)) return *flag;
   if (auto socket = NonEmpty(env(kEnvSocket))) return *socket;
+  // A chosen home owns its socket, so two daemons with different homes never share one.
+  if (NonEmpty(home_flag) || NonEmpty(env(kEnvHome))) {
+    return (std::filesystem::path(ResolveHome(home_flag, env)) / kSocketFileName).string();
+  }
   if (auto runtime = NonEmpty(env(kEnvRuntimeDir))) {
     return (std::filesystem::path(*runtime) / "agentmesh" / kSocketFileName).string();
   }

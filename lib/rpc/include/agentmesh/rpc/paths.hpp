@@ -37,7 +37,9 @@ inline constexpr std::string_view kSocketFileName = "agentmeshd.sock";
 std::string ResolveHome(const std::optional<std::string>& home_flag, const Environment& env);
 
 // The control socket path. `socket_flag` is --socket, `home_flag` is --home (each nullopt or ""
-// when not given).
+// when not given). Precedence: --socket, $AGENTMESH_SOCKET, <home>/agentmeshd.sock when --home or
+// $AGENTMESH_HOME is given, $XDG_RUNTIME_DIR/agentmesh/agentmeshd.sock,
+// ~/.agentmesh/agentmeshd.sock.
 std::string ResolveSocketPath(const std::optional<std::string>& socket_flag,
                               const std::optional<std::string>& home_flag, const Environment& env);
 
