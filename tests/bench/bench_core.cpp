@@ -24,10 +24,14 @@
 #include "agentmesh/core/prekey.hpp"
 #include "agentmesh/core/ratchet.hpp"
 #include "agentmesh/core/x3dh.hpp"
+#include "bench_stats.hpp"
 
 using namespace agentmesh;
 
 namespace {
+
+using agentmesh::bench::Human;
+using agentmesh::bench::Median;
 
 struct Options {
   int runs = 5;
@@ -47,24 +51,6 @@ double Rate(const std::function<void()>& op, double seconds, double per_call = 1
   } while (Clock::now() < deadline);
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   return static_cast<double>(calls) * per_call / elapsed;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-std::string Human(double ops) {
-  char buf[32];
-  if (ops >= 1e6) {
-    std::snprintf(buf, sizeof buf, "%.2f M/s", ops / 1e6);
-  } else if (ops >= 1e3) {
-    std::snprintf(buf, sizeof buf, "%.1f k/s", ops / 1e3);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.0f /s", ops);
-  }
-  return buf;
 }
 
 struct Row {

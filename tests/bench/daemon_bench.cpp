@@ -57,6 +57,7 @@
 #include "agentmesh/core/prekey.hpp"
 #include "agentmesh/core/ratchet.hpp"
 #include "agentmesh/core/rng.hpp"
+#include "bench_stats.hpp"
 #include "process.hpp"
 
 #ifndef AGENTMESHD_BIN
@@ -80,6 +81,9 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 namespace {
+
+using agentmesh::bench::Human;
+using agentmesh::bench::Median;
 
 struct Options {
   int runs = 3;
@@ -113,31 +117,12 @@ std::vector<pid_t> g_children;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   const auto k =
       std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())));
   return v[k];
-}
-
-std::string Human(double ops) {
-  char buf[32];
-  if (ops >= 1e6) {
-    std::snprintf(buf, sizeof buf, "%.2f M/s", ops / 1e6);
-  } else if (ops >= 1e3) {
-    std::snprintf(buf, sizeof buf, "%.1f k/s", ops / 1e3);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.0f /s", ops);
-  }
-  return buf;
 }
 
 // ---------------------------------------------------------------------------------------------

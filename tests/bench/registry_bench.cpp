@@ -77,6 +77,7 @@
 #include "process.hpp"
 #include "store.hpp"
 #if AMESH_BENCH_POSTGRES
+#include "bench_stats.hpp"
 #include "postgres_server.hpp"
 #endif
 
@@ -93,6 +94,11 @@ using agentmesh::registry::RevocationRecord;
 using agentmesh::registry::SignedPrekeyRecord;
 
 namespace {
+
+using agentmesh::bench::Human;
+using agentmesh::bench::Median;
+using agentmesh::bench::Percentile;
+UnixNanos WallNow() { return agentmesh::bench::WallNowNs(); }
 
 // Bump when the generated data set changes, so stale caches are not reused.
 constexpr int kDataFormat = 1;
@@ -115,39 +121,6 @@ struct Options {
 };
 
 std::uint64_t NowNs() { return uv_hrtime(); }
-
-UnixNanos WallNow() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-double Percentile(std::vector<std::uint64_t>& v, double p) {
-  if (v.empty()) return 0;
-  const std::size_t k =
-      std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return static_cast<double>(v[k]);
-}
-
-std::string Human(double ops) {
-  char buf[32];
-  if (ops >= 1e6) {
-    std::snprintf(buf, sizeof buf, "%.2f M/s", ops / 1e6);
-  } else if (ops >= 1e3) {
-    std::snprintf(buf, sizeof buf, "%.1f k/s", ops / 1e3);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.0f /s", ops);
-  }
-  return buf;
-}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "registry_bench: %s\n", what.c_str());

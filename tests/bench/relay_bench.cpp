@@ -49,6 +49,7 @@
 #include "agentmesh/core/relay_frames.hpp"
 #include "agentmesh/core/rng.hpp"
 #include "agentmesh/net/server.hpp"
+#include "bench_stats.hpp"
 #include "process.hpp"
 
 #ifndef AMESH_RELAY_BIN
@@ -58,6 +59,11 @@
 using namespace agentmesh;
 
 namespace {
+
+using agentmesh::bench::Human;
+using agentmesh::bench::Median;
+using agentmesh::bench::Percentile;
+UnixNanos WallNow() { return agentmesh::bench::WallNowNs(); }
 
 struct Options {
   int runs = 5;
@@ -75,39 +81,6 @@ struct Options {
 };
 
 std::uint64_t NowNs() { return uv_hrtime(); }
-
-UnixNanos WallNow() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-double Percentile(std::vector<std::uint64_t>& v, double p) {
-  if (v.empty()) return 0;
-  const std::size_t k =
-      std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return static_cast<double>(v[k]);
-}
-
-std::string Human(double ops) {
-  char buf[32];
-  if (ops >= 1e6) {
-    std::snprintf(buf, sizeof buf, "%.2f M/s", ops / 1e6);
-  } else if (ops >= 1e3) {
-    std::snprintf(buf, sizeof buf, "%.1f k/s", ops / 1e3);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.0f /s", ops);
-  }
-  return buf;
-}
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "relay_bench: %s\n", what.c_str());
