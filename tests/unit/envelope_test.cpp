@@ -170,7 +170,7 @@ TEST_CASE("envelope round trips, signed and unsigned", "[envelope]") {
   }
 }
 
-TEST_CASE("envelope: a built envelope carries no DOM; Object() and Verify work from its text",
+TEST_CASE("envelope: a built envelope carries no DOM, and Object() and Verify work from its text",
           "[envelope]") {
   Fixture f;
   for (bool is_signed : {true, false}) {
