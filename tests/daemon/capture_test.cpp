@@ -84,7 +84,6 @@ class RecordingProxy {
         fds.push_back({p.server, POLLIN, 0});
       }
       if (::poll(fds.data(), fds.size(), 1000) <= 0) continue;
-      if (fds[0].revents & POLLIN) Accept();
       std::size_t at = 2;
       for (auto& p : pairs_) {
         if (p.closed) continue;
@@ -94,6 +93,8 @@ class RecordingProxy {
         if (client_ready && !Pump(p, p.client, p.server, true)) Close(p);
         if (!p.closed && server_ready && !Pump(p, p.server, p.client, false)) Close(p);
       }
+      // After the pairs: fds holds entries only for the pairs that existed when poll ran.
+      if (fds[0].revents & POLLIN) Accept();
     }
   }
 
