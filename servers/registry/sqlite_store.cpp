@@ -1195,10 +1195,13 @@ Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions&
       options.fsync_full ? storage::Synchronous::kFull : storage::Synchronous::kNormal;
   auto writer = Database::Open(options.path, open);
   if (!writer) return std::unexpected(writer.error());
-  // The writer walks the same B-trees (an insert at 1 M agents touches ~10 pages): a larger
-  // page cache, and reads through the mapping.
-  (void)writer->Exec("PRAGMA mmap_size=1073741824");
-  (void)writer->Exec("PRAGMA cache_size=-131072");
+  // No memory mapping, on any connection: a WAL reader whose snapshot changed since its last
+  // read drops its whole mapping (sqlite3OsUnfetch(fd, 0, 0)) and faults it back in page by page,
+  // so with writes going on (registrations, presence) every read paid a munmap of the file and
+  // a TLB flush; registrations ran at half the rate they do with pread. The same reset iterates
+  // the whole page-cache hash, so the caches stay small: the OS page cache holds the file.
+  (void)writer->Exec("PRAGMA mmap_size=0");
+  (void)writer->Exec("PRAGMA cache_size=-16384");
   std::vector<std::unique_ptr<Conn>> readers;
   const bool in_memory = options.path == ":memory:" || options.path.starts_with("file::memory:");
   if (!in_memory) {
@@ -1208,10 +1211,8 @@ Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions&
       ro.create = false;
       auto reader = Database::Open(options.path, ro);
       if (!reader) return std::unexpected(reader.error());
-      // Readers map the file instead of copying each page through read(2), and keep a larger
-      // page cache: a lookup at 1 M agents touches a dozen pages of a 600 MB file.
-      (void)reader->Exec("PRAGMA mmap_size=1073741824");
-      (void)reader->Exec("PRAGMA cache_size=-65536");
+      (void)reader->Exec("PRAGMA mmap_size=0");
+      (void)reader->Exec("PRAGMA cache_size=-2000");
       readers.push_back(std::make_unique<Conn>(std::move(*reader)));
     }
   }
