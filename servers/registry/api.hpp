@@ -99,6 +99,13 @@ using Handler = net::HttpResponse (*)(Context&, const Request&);
 // Per-IP token buckets that guard a route.
 enum class RateClass { kNone, kRegister, kSearch };
 
+// How a route's handler is scheduled on the worker threads. Requests that arrive in one loop
+// turn are handed to the workers in groups: reads in groups of a few, writes all in one group
+// whose store calls share one commit (RegistryStore::RunBatch; the answers go out after it).
+// kExternal handlers wait on the network (DNS, an OAuth provider) and run alone, outside any
+// group, so they never hold a group's commit or the store's write lock while they wait.
+enum class Work { kRead, kWrite, kExternal };
+
 struct Route {
   std::string_view method;
   std::string_view path;  // with has_param: the prefix before {amid} (ending in '/')
@@ -107,6 +114,7 @@ struct Route {
   bool needs_store = true;  // answered 503 until migrations are done
   RateClass rate = RateClass::kNone;
   Handler handler = nullptr;
+  Work work = Work::kRead;
 };
 
 // The route table, sorted by (path, method); a route with a parameter follows its prefix.

@@ -543,17 +543,16 @@ net::HttpResponse HandleRegister(Context& ctx, const Request& r) {
 net::HttpResponse HandleLookup(Context& ctx, const Request& r) {
   HTTP_TRY(query, ParseQuery(r.http->query));
   HTTP_TRY(amid, QueryAmid(query));
-  HTTP_TRY(agent, Stored(ctx, ctx.store->GetAgent(amid.str())));
-  if (!agent) return JsonError(404, "Agent not found");
-  HTTP_TRY(prekeys, Stored(ctx, ctx.store->CountOneTimePrekeys(agent->amid)));
-  HTTP_TRY(ratings, Stored(ctx, ctx.store->CountFeedback(agent->amid)));
-  json out = AgentJson(*agent);
-  out["ratings_count"] = ratings;
-  out["reputation_status"] = ratings >= kLeaderboardMinFeedback ? "rated" : "unrated";
-  out["one_time_prekeys_remaining"] = prekeys;
+  HTTP_TRY(summary, Stored(ctx, ctx.store->LookupAgent(amid.str())));
+  if (!summary) return JsonError(404, "Agent not found");
+  const AgentRecord& agent = summary->agent;
+  json out = AgentJson(agent);
+  out["ratings_count"] = summary->ratings;
+  out["reputation_status"] = summary->ratings >= kLeaderboardMinFeedback ? "rated" : "unrated";
+  out["one_time_prekeys_remaining"] = summary->one_time_prekeys;
   out["revocation"] = nullptr;
-  if (agent->revoked) {
-    HTTP_TRY(revocation, Stored(ctx, ctx.store->GetRevocation(agent->amid)));
+  if (agent.revoked) {
+    HTTP_TRY(revocation, Stored(ctx, ctx.store->GetRevocation(agent.amid)));
     if (revocation) out["revocation"] = RevocationJson(*revocation);
   }
   return Reply(200, out);
@@ -1510,35 +1509,38 @@ constexpr Route kRoutes[] = {
     {"GET", "/health", false, "health", false, RateClass::kNone, HandleHealth},
     {"GET", "/metrics", false, "metrics", false, RateClass::kNone, HandleMetrics},
     {"GET", "/v1/auth/oauth/callback", false, "oauth_callback", true, RateClass::kNone,
-     HandleOAuthCallback},
+     HandleOAuthCallback, Work::kExternal},
     {"POST", "/v1/auth/oauth/authorize", false, "oauth_authorize", true, RateClass::kNone,
-     HandleOAuthAuthorize},
+     HandleOAuthAuthorize, Work::kWrite},
     {"GET", "/v1/auth/oauth/providers", false, "oauth_providers", false, RateClass::kNone,
      HandleOAuthProviders},
     {"GET", "/v1/health", false, "v1_health", false, RateClass::kNone, HandleHealthV1},
-    {"POST", "/v1/org/agents", false, "org_agents", true, RateClass::kNone, HandleOrgAgents},
+    {"POST", "/v1/org/agents", false, "org_agents", true, RateClass::kNone, HandleOrgAgents,
+     Work::kWrite},
     {"GET", "/v1/org/lookup", false, "org_lookup", true, RateClass::kNone, HandleOrgLookup},
     {"POST", "/v1/org/register", false, "org_register", true, RateClass::kRegister,
-     HandleOrgRegister},
-    {"POST", "/v1/org/verify", false, "org_verify", true, RateClass::kNone, HandleOrgVerify},
+     HandleOrgRegister, Work::kWrite},
+    {"POST", "/v1/org/verify", false, "org_verify", true, RateClass::kNone, HandleOrgVerify,
+     Work::kExternal},
     {"POST", "/v1/registry/capabilities", false, "capabilities", true, RateClass::kNone,
-     HandleCapabilities},
+     HandleCapabilities, Work::kWrite},
     {"GET", "/v1/registry/did/", true, "did", true, RateClass::kNone, HandleDid},
     {"GET", "/v1/registry/lookup", false, "lookup", true, RateClass::kNone, HandleLookup},
     {"POST", "/v1/registry/prekeys", false, "prekeys_upload", true, RateClass::kNone,
-     HandlePrekeyUpload},
+     HandlePrekeyUpload, Work::kWrite},
     {"GET", "/v1/registry/prekeys/", true, "prekeys_fetch", true, RateClass::kNone,
-     HandlePrekeyFetch},
-    {"POST", "/v1/registry/register", false, "register", true, RateClass::kRegister,
-     HandleRegister},
+     HandlePrekeyFetch, Work::kWrite},
+    {"POST", "/v1/registry/register", false, "register", true, RateClass::kRegister, HandleRegister,
+     Work::kWrite},
     {"GET", "/v1/registry/reputation/leaderboard", false, "leaderboard", true, RateClass::kNone,
      HandleLeaderboard},
     {"GET", "/v1/registry/reputation/score", false, "score", true, RateClass::kNone, HandleScore},
     {"POST", "/v1/registry/reputation/feedback", false, "feedback", true, RateClass::kNone,
-     HandleFeedback},
+     HandleFeedback, Work::kWrite},
     {"POST", "/v1/registry/reputation/session", false, "session", true, RateClass::kNone,
-     HandleSessionReport},
-    {"POST", "/v1/registry/revoke", false, "revoke", true, RateClass::kNone, HandleRevoke},
+     HandleSessionReport, Work::kWrite},
+    {"POST", "/v1/registry/revoke", false, "revoke", true, RateClass::kNone, HandleRevoke,
+     Work::kWrite},
     {"GET", "/v1/registry/revocation", false, "revocation", true, RateClass::kNone,
      HandleRevocation},
     {"GET", "/v1/registry/revocations", false, "revocations", true, RateClass::kNone,
@@ -1548,7 +1550,8 @@ constexpr Route kRoutes[] = {
     {"GET", "/v1/registry/root-key", false, "root_key", false, RateClass::kNone, HandleRootKey},
     {"GET", "/v1/registry/search", false, "search", true, RateClass::kSearch, HandleSearch},
     {"GET", "/v1/registry/stats", false, "stats", true, RateClass::kNone, HandleStats},
-    {"POST", "/v1/registry/status", false, "status", true, RateClass::kNone, HandleStatus},
+    {"POST", "/v1/registry/status", false, "status", true, RateClass::kNone, HandleStatus,
+     Work::kWrite},
 };
 
 }  // namespace

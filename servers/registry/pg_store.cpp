@@ -181,6 +181,7 @@ constexpr std::string_view kAgentColumns =
     "a.amid, a.signing_public_key, a.exchange_public_key, a.tier_rank, a.display_name, "
     "a.organization, a.capabilities, a.relay_endpoint, a.direct_endpoint, a.status, "
     "a.reputation_score, a.last_seen, a.created_at, a.updated_at, a.revoked";
+constexpr int kAgentColumnCount = 15;
 
 constexpr std::string_view kRevocationColumns = "amid, id, reason, revoked_by, revoked_at, notes";
 
@@ -490,6 +491,27 @@ class PgStore final : public RegistryStore {
     if (rows.empty()) return std::optional<AgentRecord>{};
     AMESH_TRY(agent, ReadAgent(rows, 0));
     return std::optional<AgentRecord>(std::move(agent));
+  }
+
+  Result<std::optional<AgentSummary>> LookupAgent(std::string_view amid) override {
+    AMESH_TRY(rows, Run([&](pg::Connection& c) {
+                return c.ExecPrepared(
+                    fmt::format("SELECT {}, (SELECT count(*) FROM one_time_prekeys o WHERE "
+                                "o.amid = a.amid AND o.consumed = 0), (SELECT count(*) FROM "
+                                "reputation_feedback f WHERE f.target_amid = a.amid) FROM agents a "
+                                "WHERE a.amid = $1",
+                                kAgentColumns),
+                    {amid});
+              }));
+    if (rows.empty()) return std::optional<AgentSummary>{};
+    AgentSummary out;
+    AMESH_TRY(agent, ReadAgent(rows, 0));
+    out.agent = std::move(agent);
+    AMESH_TRY(prekeys, rows.Int(0, kAgentColumnCount));
+    AMESH_TRY(ratings, rows.Int(0, kAgentColumnCount + 1));
+    out.one_time_prekeys = static_cast<std::uint64_t>(prekeys);
+    out.ratings = static_cast<std::uint64_t>(ratings);
+    return std::optional<AgentSummary>(std::move(out));
   }
 
   Result<bool> UpdatePresence(std::string_view amid, Presence status, UnixNanos now) override {

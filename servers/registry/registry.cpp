@@ -115,8 +115,16 @@ class Registry::Impl {
     };
     h.on_log = [](std::string_view message) { Log(LogLevel::kWarn, message); };
     server_ = std::make_unique<net::HttpServer>(loop_, options, std::move(h));
+    dispatch_ = new uv_check_t;
+    uv_check_init(loop_, dispatch_);
+    uv_unref(reinterpret_cast<uv_handle_t*>(dispatch_));
+    dispatch_->data = this;
     return {};
   }
+
+  ~Impl() { CloseDispatch(); }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
   Result<void> Listen() {
     if (auto r = server_->Listen(); !r) return r;
@@ -173,6 +181,8 @@ class Registry::Impl {
     stopping_ = true;
     Log(LogLevel::kInfo,
         fmt::format("stopping: finishing {} request(s) in flight", jobs_in_flight_));
+    Dispatch();
+    CloseDispatch();
     server_->Stop();
   }
 
@@ -192,8 +202,6 @@ class Registry::Impl {
 
  private:
   struct Job {
-    uv_work_t req;
-    Impl* impl = nullptr;
     net::ConnId conn = 0;
     const Route* route = nullptr;
     net::HttpRequest http;
@@ -201,6 +209,21 @@ class Registry::Impl {
     net::HttpResponse response;
     UnixNanos started = 0;
   };
+
+  // Jobs handed to one worker together (api.hpp, Work): all reads, all writes (one commit), or
+  // one external job.
+  struct Group {
+    uv_work_t req;
+    Impl* impl = nullptr;
+    Work work = Work::kRead;
+    std::vector<std::unique_ptr<Job>> jobs;
+  };
+
+  // Reads per group: enough to pay one thread hop for several requests, few enough that a turn
+  // with many reads still spreads them over the workers.
+  static constexpr std::size_t kReadsPerGroup = 8;
+  // Writes per group: one commit covers them all, and the answers wait for it.
+  static constexpr std::size_t kWritesPerGroup = 64;
 
   void Respond(net::ConnId id, std::string_view route, net::HttpResponse response) {
     metrics_.CountRequest(route, response.status);
@@ -256,9 +279,7 @@ class Registry::Impl {
       Respond(id, route.name, route.handler(ctx_, request));
       return;
     }
-    auto* job = new Job;
-    job->req.data = job;
-    job->impl = this;
+    auto job = std::make_unique<Job>();
     job->conn = id;
     job->route = &route;
     job->http = http;
@@ -267,31 +288,127 @@ class Registry::Impl {
     job->started = WallNow();
     if (route.name == "metrics") job->request.transport_metrics = TransportMetrics();
     ++jobs_in_flight_;
-    uv_queue_work(loop_, &job->req, &Impl::RunJob, &Impl::FinishJob);
+    if (route.work == Work::kExternal) {
+      std::vector<std::unique_ptr<Job>> one;
+      one.push_back(std::move(job));
+      QueueGroup(Work::kExternal, std::move(one));
+      return;
+    }
+    (route.work == Work::kWrite ? pending_writes_ : pending_reads_).push_back(std::move(job));
+    if (dispatch_ == nullptr) {  // stopping: no more turns to gather in
+      Dispatch();
+    } else if (!dispatch_armed_) {
+      // After this turn's reads have all been parsed (the check phase follows the poll phase).
+      uv_check_start(dispatch_, [](uv_check_t* h) { static_cast<Impl*>(h->data)->Dispatch(); });
+      dispatch_armed_ = true;
+    }
   }
 
-  static void RunJob(uv_work_t* req) {
-    auto* job = static_cast<Job*>(req->data);
-    job->request.http = &job->http;
+  // Hands the requests gathered in this loop turn to the workers.
+  void Dispatch() {
+    if (dispatch_armed_) {
+      uv_check_stop(dispatch_);
+      dispatch_armed_ = false;
+    }
+    const auto split = [this](Work work, std::vector<std::unique_ptr<Job>>& pending,
+                              std::size_t per_group) {
+      for (std::size_t i = 0; i < pending.size(); i += per_group) {
+        const std::size_t end = std::min(pending.size(), i + per_group);
+        std::vector<std::unique_ptr<Job>> jobs;
+        jobs.reserve(end - i);
+        for (std::size_t k = i; k < end; ++k) jobs.push_back(std::move(pending[k]));
+        QueueGroup(work, std::move(jobs));
+      }
+      pending.clear();
+    };
+    if (!store_->single_writer()) {
+      split(Work::kWrite, pending_writes_, kWritesPerGroup);
+    } else if (!write_group_running_ && !pending_writes_.empty()) {
+      // One group at a time: the writes that arrive while it commits form the next one.
+      write_group_running_ = true;
+      std::vector<std::unique_ptr<Job>> jobs;
+      const std::size_t n = std::min(pending_writes_.size(), kWritesPerGroup);
+      jobs.reserve(n);
+      for (std::size_t k = 0; k < n; ++k) jobs.push_back(std::move(pending_writes_[k]));
+      pending_writes_.erase(pending_writes_.begin(),
+                            pending_writes_.begin() + static_cast<std::ptrdiff_t>(n));
+      QueueGroup(Work::kWrite, std::move(jobs));
+    }
+    split(Work::kRead, pending_reads_, kReadsPerGroup);
+  }
+
+  void QueueGroup(Work work, std::vector<std::unique_ptr<Job>> jobs) {
+    auto* group = new Group;
+    group->req.data = group;
+    group->impl = this;
+    group->work = work;
+    group->jobs = std::move(jobs);
+    uv_queue_work(loop_, &group->req, &Impl::RunGroup, &Impl::FinishGroup);
+  }
+
+  void CloseDispatch() {
+    if (dispatch_ == nullptr) return;
+    uv_close(reinterpret_cast<uv_handle_t*>(dispatch_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
+    dispatch_ = nullptr;
+    dispatch_armed_ = false;
+  }
+
+  void RunJob(Job& job) {
+    job.request.http = &job.http;
     try {
-      job->response = job->route->handler(job->impl->ctx_, job->request);
+      job.response = job.route->handler(ctx_, job.request);
     } catch (const std::exception& e) {
-      Log(LogLevel::kError, fmt::format("{} threw: {}", job->route->name, e.what()));
-      job->response = JsonError(500, "internal error");
+      Log(LogLevel::kError, fmt::format("{} threw: {}", job.route->name, e.what()));
+      job.response = JsonError(500, "internal error");
     }
   }
 
-  static void FinishJob(uv_work_t* req, int status) {
-    std::unique_ptr<Job> job(static_cast<Job*>(req->data));
-    Impl* impl = job->impl;
-    --impl->jobs_in_flight_;
-    if (status == UV_ECANCELED) job->response = JsonError(503, "shutting down");
-    if (LogEnabled(LogLevel::kDebug)) {
-      Log(LogLevel::kDebug, fmt::format("{} {} {} -> {} ({} us)", job->http.peer.ip,
-                                        job->http.method, job->http.path.substr(0, 200),
-                                        job->response.status, (WallNow() - job->started) / 1000));
+  static void RunGroup(uv_work_t* req) {
+    auto* group = static_cast<Group*>(req->data);
+    Impl* impl = group->impl;
+    const auto run_all = [&] {
+      for (auto& job : group->jobs) impl->RunJob(*job);
+    };
+    if (group->work != Work::kWrite) {
+      run_all();
+      return;
     }
-    impl->Respond(job->conn, job->route->name, std::move(job->response));
+    Result<void> committed = Fail(Code::kInternal, "batch did not run");
+    try {
+      committed = impl->store_->RunBatch(run_all);
+    } catch (const std::exception& e) {
+      committed = Fail(Code::kInternal, e.what());
+    }
+    if (committed) return;
+    // None of the group's writes may be taken as done: every answer that said so becomes a
+    // 503; refusals (4xx) stay, they wrote nothing.
+    Log(LogLevel::kError, "storage: a group commit failed: " + committed.error().ToString());
+    ++impl->metrics_.storage_errors;
+    for (auto& job : group->jobs) {
+      if (job->response.status < 400) {
+        job->response = JsonError(503, "storage unavailable: the change was not saved; retry");
+      }
+    }
+  }
+
+  static void FinishGroup(uv_work_t* req, int status) {
+    std::unique_ptr<Group> group(static_cast<Group*>(req->data));
+    Impl* impl = group->impl;
+    if (group->work == Work::kWrite && impl->store_->single_writer()) {
+      impl->write_group_running_ = false;
+      if (!impl->pending_writes_.empty()) impl->Dispatch();
+    }
+    for (auto& job : group->jobs) {
+      --impl->jobs_in_flight_;
+      if (status == UV_ECANCELED) job->response = JsonError(503, "shutting down");
+      if (LogEnabled(LogLevel::kDebug)) {
+        Log(LogLevel::kDebug, fmt::format("{} {} {} -> {} ({} us)", job->http.peer.ip,
+                                          job->http.method, job->http.path.substr(0, 200),
+                                          job->response.status, (WallNow() - job->started) / 1000));
+      }
+      impl->Respond(job->conn, job->route->name, std::move(job->response));
+    }
   }
 
   std::string TransportMetrics() const {
@@ -324,6 +441,11 @@ class Registry::Impl {
   PerIpBuckets register_limits_;
   PerIpBuckets search_limits_;
   std::size_t jobs_in_flight_ = 0;
+  std::vector<std::unique_ptr<Job>> pending_reads_;
+  std::vector<std::unique_ptr<Job>> pending_writes_;
+  uv_check_t* dispatch_ = nullptr;  // owned; freed in its close callback
+  bool dispatch_armed_ = false;
+  bool write_group_running_ = false;  // single-writer backends: a write group is on a worker
   bool stopping_ = false;
 };
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <sqlite3.h>
 #include <array>
 #include <condition_variable>
 #include <mutex>
@@ -201,6 +202,7 @@ constexpr std::string_view kAgentColumns =
     "a.amid, a.signing_public_key, a.exchange_public_key, a.tier_rank, a.display_name, "
     "a.organization, a.capabilities, a.relay_endpoint, a.direct_endpoint, a.status, "
     "a.reputation_score, a.last_seen, a.created_at, a.updated_at, a.revoked";
+constexpr int kAgentColumnCount = 15;
 
 Tier TierFromRank(std::int64_t rank) {
   return rank >= 2 ? Tier::kOrganization : rank == 1 ? Tier::kVerified : Tier::kAnonymous;
@@ -332,6 +334,12 @@ class Use {
     if (auto r_ = (expr); !r_) return std::unexpected(r_.error()); \
   } while (false)
 
+class SqliteStore;
+
+// The store whose RunBatch is running on this thread, if any: its calls then use the writer
+// connection, already locked and inside the batch's transaction.
+thread_local const SqliteStore* tls_batch_owner = nullptr;
+
 class SqliteStore final : public RegistryStore {
  public:
   SqliteStore(std::unique_ptr<Conn> writer, std::vector<std::unique_ptr<Conn>> readers)
@@ -340,17 +348,58 @@ class SqliteStore final : public RegistryStore {
   std::string_view backend() const noexcept override { return "sqlite"; }
 
   Result<void> Migrate() override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     return writer_->db.Migrate(kMigrations);
   }
 
+  bool single_writer() const noexcept override { return true; }
+
+  Result<void> RunBatch(const std::function<void()>& body) override {
+    if (tls_batch_owner == this) {
+      body();
+      return {};
+    }
+    std::unique_lock lock(write_mu_);
+    Database& db = writer_->db;
+    if (auto begun = db.Exec("BEGIN IMMEDIATE"); !begun) {
+      lock.unlock();  // no batch: every call commits on its own
+      body();
+      return {};
+    }
+    struct Owner {
+      explicit Owner(const SqliteStore* s) { tls_batch_owner = s; }
+      ~Owner() { tls_batch_owner = nullptr; }
+      Owner(const Owner&) = delete;
+      Owner& operator=(const Owner&) = delete;
+    };
+    {
+      Owner owner(this);
+      try {
+        body();
+      } catch (...) {
+        (void)db.Exec("ROLLBACK");
+        throw;
+      }
+    }
+    if (sqlite3_get_autocommit(db.raw()) != 0) {
+      return Fail(Code::kIo,
+                  "the batch's transaction was rolled back by the database (disk full or I/O "
+                  "error)");
+    }
+    if (auto committed = db.Exec("COMMIT"); !committed) {
+      (void)db.Exec("ROLLBACK");
+      return committed;
+    }
+    return {};
+  }
+
   Result<int> SchemaVersion() override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     return writer_->db.UserVersion();
   }
 
   Result<void> InsertAgent(const AgentRecord& a) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     Conn& c = *writer_;
     storage::Transaction tx(c.db);
     AMESH_CHECK(tx.status());
@@ -397,8 +446,27 @@ class SqliteStore final : public RegistryStore {
     return std::optional<AgentRecord>(ReadAgent(*s));
   }
 
+  Result<std::optional<AgentSummary>> LookupAgent(std::string_view amid) override {
+    static const std::string sql = fmt::format(
+        "SELECT {}, (SELECT count(*) FROM one_time_prekeys o WHERE o.amid = a.amid AND "
+        "o.consumed = 0), (SELECT count(*) FROM reputation_feedback f WHERE f.target_amid = "
+        "a.amid) FROM agents a WHERE a.amid = ?1",
+        kAgentColumns);
+    Reader r(*this);
+    AMESH_TRY(p, r->Prepare(sql));
+    Use s(p);
+    s->Bind(1, amid);
+    AMESH_TRY(row, s->Step());
+    if (!row) return std::optional<AgentSummary>{};
+    AgentSummary out;
+    out.agent = ReadAgent(*s);
+    out.one_time_prekeys = static_cast<std::uint64_t>(s->ColumnInt(kAgentColumnCount));
+    out.ratings = static_cast<std::uint64_t>(s->ColumnInt(kAgentColumnCount + 1));
+    return std::optional<AgentSummary>(std::move(out));
+  }
+
   Result<bool> UpdatePresence(std::string_view amid, Presence status, UnixNanos now) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     AMESH_TRY(
         p, writer_->Prepare(
                "UPDATE agents SET status = ?2, last_seen = ?3, updated_at = ?3 WHERE amid = ?1"));
@@ -410,7 +478,7 @@ class SqliteStore final : public RegistryStore {
 
   Result<bool> ReplaceCapabilities(std::string_view amid, std::span<const std::string> caps,
                                    UnixNanos now) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     Conn& c = *writer_;
     storage::Transaction tx(c.db);
     AMESH_CHECK(tx.status());
@@ -440,7 +508,7 @@ class SqliteStore final : public RegistryStore {
   }
 
   Result<bool> SetReputation(std::string_view amid, double score, UnixNanos now) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     AMESH_TRY(p, writer_->Prepare(
                      "UPDATE agents SET reputation_score = ?2, updated_at = ?3 WHERE amid = ?1"));
     Use s(p);
@@ -599,7 +667,7 @@ class SqliteStore final : public RegistryStore {
 
   Result<PrekeyStoreResult> StorePrekeys(std::string_view amid, const SignedPrekeyRecord& spk,
                                          std::span<const OneTimePrekeyRecord> otpks) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     Conn& c = *writer_;
     storage::Transaction tx(c.db);
     AMESH_CHECK(tx.status());
@@ -639,7 +707,7 @@ class SqliteStore final : public RegistryStore {
   }
 
   Result<std::optional<BundleRecord>> TakeBundle(std::string_view amid, UnixNanos now) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     Conn& c = *writer_;
     storage::Transaction tx(c.db);
     AMESH_CHECK(tx.status());
@@ -682,7 +750,7 @@ class SqliteStore final : public RegistryStore {
   }
 
   Result<void> InsertRevocation(const RevocationRecord& rev) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     Conn& c = *writer_;
     storage::Transaction tx(c.db);
     AMESH_CHECK(tx.status());
@@ -754,7 +822,7 @@ class SqliteStore final : public RegistryStore {
   }
 
   Result<void> InsertFeedback(const FeedbackRecord& f) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     AMESH_TRY(p, writer_->Prepare(
                      "INSERT INTO reputation_feedback (id, target_amid, from_amid, session_id, "
                      "score, tags, ip_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
@@ -828,7 +896,7 @@ class SqliteStore final : public RegistryStore {
   }
 
   Result<bool> InsertSession(const SessionRecord& x) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     AMESH_TRY(p, writer_->Prepare(
                      "INSERT INTO completed_sessions (session_id, id, initiator_amid, "
                      "receiver_amid, intent, outcome, started_at, reporter_amid, created_at) "
@@ -884,7 +952,7 @@ class SqliteStore final : public RegistryStore {
   // ── Organisations / OAuth ──
 
   Result<void> InsertOrganization(const OrganizationRecord& o) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     AMESH_TRY(p, writer_->Prepare(
                      "INSERT INTO organizations (id, name, domain, admin_amid, admin_signing_key, "
                      "dns_challenge, verified, verified_at, root_certificate, created_at) VALUES "
@@ -917,7 +985,7 @@ class SqliteStore final : public RegistryStore {
 
   Result<bool> MarkOrganizationVerified(std::string_view id, UnixNanos verified_at,
                                         std::string_view root_certificate) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     AMESH_TRY(p, writer_->Prepare("UPDATE organizations SET verified = 1, verified_at = ?2, "
                                   "root_certificate = ?3 WHERE id = ?1 AND verified = 0"));
     Use s(p);
@@ -929,7 +997,7 @@ class SqliteStore final : public RegistryStore {
   Result<void> AddOrganizationAgent(std::string_view organization_id, std::string_view domain,
                                     std::string_view amid, std::string_view certificate,
                                     UnixNanos added_at) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     Conn& c = *writer_;
     storage::Transaction tx(c.db);
     AMESH_CHECK(tx.status());
@@ -980,7 +1048,7 @@ class SqliteStore final : public RegistryStore {
   }
 
   Result<void> InsertOAuthState(const OAuthStateRecord& st) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     AMESH_TRY(p, writer_->Prepare("INSERT INTO oauth_states (state, amid, provider, created_at, "
                                   "expires_at, consumed) VALUES (?1, ?2, ?3, ?4, ?5, 0)"));
     Use s(p);
@@ -1015,7 +1083,7 @@ class SqliteStore final : public RegistryStore {
   }
 
   Result<std::uint64_t> DeleteExpiredOAuthStates(UnixNanos now) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     AMESH_TRY(p, writer_->Prepare("DELETE FROM oauth_states WHERE expires_at <= ?1"));
     Use s(p);
     s->Bind(1, now);
@@ -1025,7 +1093,7 @@ class SqliteStore final : public RegistryStore {
 
   Result<bool> CompleteOAuthVerification(std::string_view state, UnixNanos now,
                                          const AgentVerificationRecord& v) override {
-    std::lock_guard lock(write_mu_);
+    WriteLock lock(*this);
     Conn& c = *writer_;
     storage::Transaction tx(c.db);
     AMESH_CHECK(tx.status());
@@ -1102,6 +1170,10 @@ class SqliteStore final : public RegistryStore {
   class Reader {
    public:
     explicit Reader(SqliteStore& store) : store_(store) {
+      if (tls_batch_owner == &store_) {
+        conn_ = store_.writer_.get();  // see the batch's own writes
+        return;
+      }
       if (store_.readers_.empty()) {
         lock_ = std::unique_lock(store_.write_mu_);
         conn_ = store_.writer_.get();
@@ -1180,6 +1252,17 @@ class SqliteStore final : public RegistryStore {
     return row ? static_cast<std::uint64_t>(s->ColumnInt(0)) : 0;
   }
 
+  // Holds write_mu_ unless this thread is inside RunBatch, which holds it already.
+  class WriteLock {
+   public:
+    explicit WriteLock(SqliteStore& store) {
+      if (tls_batch_owner != &store) lock_ = std::unique_lock(store.write_mu_);
+    }
+
+   private:
+    std::unique_lock<std::mutex> lock_;
+  };
+
   std::mutex write_mu_;
   std::unique_ptr<Conn> writer_;
   std::mutex pool_mu_;
@@ -1202,6 +1285,7 @@ Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions&
   // the whole page-cache hash, so the caches stay small: the OS page cache holds the file.
   (void)writer->Exec("PRAGMA mmap_size=0");
   (void)writer->Exec("PRAGMA cache_size=-16384");
+  (void)writer->Exec("PRAGMA wal_autocheckpoint=10000");
   std::vector<std::unique_ptr<Conn>> readers;
   const bool in_memory = options.path == ":memory:" || options.path.starts_with("file::memory:");
   if (!in_memory) {
@@ -1212,7 +1296,7 @@ Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions&
       auto reader = Database::Open(options.path, ro);
       if (!reader) return std::unexpected(reader.error());
       (void)reader->Exec("PRAGMA mmap_size=0");
-      (void)reader->Exec("PRAGMA cache_size=-2000");
+      (void)reader->Exec("PRAGMA cache_size=-16384");
       readers.push_back(std::make_unique<Conn>(std::move(*reader)));
     }
   }

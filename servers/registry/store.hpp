@@ -40,6 +40,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -77,6 +78,12 @@ struct AgentRecord {
   UnixNanos created_at = 0;
   UnixNanos updated_at = 0;
   bool revoked = false;  // read-only here: set by InsertRevocation
+};
+
+struct AgentSummary {
+  AgentRecord agent;
+  std::uint64_t one_time_prekeys = 0;
+  std::uint64_t ratings = 0;
 };
 
 struct SearchFilter {
@@ -221,11 +228,31 @@ class RegistryStore {
   // A short name for logs and /metrics: "sqlite" or "postgresql".
   virtual std::string_view backend() const noexcept = 0;
 
+  // ── Group commit ──
+  // Runs `body` on the calling thread with every call this thread makes on the store meanwhile
+  // inside one transaction, committed when `body` returns: many small writes pay for one commit.
+  // Each call stays atomic on its own (a failed call rolls back to where it began and the batch
+  // goes on) and sees the writes made before it in the batch. Other threads' writes wait until
+  // the batch ends, so `body` must not block on anything but this store. An error means the
+  // batch's commit failed and none of its writes may be taken as durable. The default (a backend
+  // whose engine groups commits itself, PostgreSQL) just runs `body`.
+  virtual Result<void> RunBatch(const std::function<void()>& body) {
+    body();
+    return {};
+  }
+  // True when the backend has one writer (SQLite): the caller then runs one batch of writes at a
+  // time and gathers the writes that arrive meanwhile into the next, instead of queueing batches
+  // that would only wait for each other's lock.
+  virtual bool single_writer() const noexcept { return false; }
+
   // ── Agents ──
   // Inserts the agent and its agent_capabilities rows in one transaction. kConflict when the
   // AMID exists (revoked or not).
   virtual Result<void> InsertAgent(const AgentRecord& agent) = 0;
   virtual Result<std::optional<AgentRecord>> GetAgent(std::string_view amid) = 0;
+  // The agent and the counts a lookup shows beside it (one-time prekeys not consumed, feedback
+  // rows about it), read in one statement: one snapshot, one round trip.
+  virtual Result<std::optional<AgentSummary>> LookupAgent(std::string_view amid) = 0;
   // Sets status and last_seen = updated_at = now. False when the AMID is unknown.
   virtual Result<bool> UpdatePresence(std::string_view amid, Presence status, UnixNanos now) = 0;
   // Replaces the capability list (agents.capabilities and agent_capabilities) in one

@@ -3,6 +3,7 @@
 // concurrent migrations, byte-wise prefix search and ordering, atomic one-time prekey consumption
 // from several store instances (registry replicas), and the error codes.
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -258,6 +259,61 @@ TEST_CASE("store: conflicts, not found and prekey id reuse", "[registry][store]"
   auto none = store->TakeBundle("A1", 24);
   REQUIRE(none);
   CHECK_FALSE(none->has_value());
+}
+
+TEST_CASE("store: a batch commits its writes together, each write atomic and visible to the next",
+          "[registry][store]") {
+  StoreDb db;
+  auto store = db.OpenMigrated();
+  REQUIRE(store->InsertAgent(Agent("B0", {"x"})));
+  std::vector<Result<void>> inserted;
+  bool saw_own_write = false;
+  auto batch = store->RunBatch([&] {
+    inserted.push_back(store->InsertAgent(Agent("B1", {"x"})));
+    inserted.push_back(store->InsertAgent(Agent("B0", {"y"})));  // a conflict in mid-batch
+    inserted.push_back(store->InsertAgent(Agent("B2", {"x"})));
+    auto got = store->GetAgent("B1");
+    saw_own_write = got && got->has_value();
+  });
+  REQUIRE(batch);
+  REQUIRE(inserted.size() == 3);
+  CHECK(inserted[0]);
+  REQUIRE_FALSE(inserted[1]);
+  CHECK(inserted[1].error().code == Code::kConflict);
+  CHECK(inserted[2]);
+  CHECK(saw_own_write);
+  CHECK(MustSearch(*store, "x", false).total == 3);
+  CHECK(MustSearch(*store, "y", false).total == 0);  // the failed write left nothing behind
+  // Committed: another store instance (another process, a replica) sees it.
+  auto other = db.Open();
+  auto b2 = other->GetAgent("B2");
+  REQUIRE(b2);
+  CHECK(b2->has_value());
+
+  if (store->single_writer()) {
+    // Until the batch commits, other threads read the state before it, and their writes wait.
+    std::atomic<bool> other_wrote{false};
+    bool other_saw_b3 = true;
+    std::thread writer;
+    auto second = store->RunBatch([&] {
+      REQUIRE(store->InsertAgent(Agent("B3", {"z"})));
+      std::thread([&] {
+        auto got = store->GetAgent("B3");
+        other_saw_b3 = !got || got->has_value();
+      }).join();
+      writer = std::thread([&] {
+        (void)store->InsertAgent(Agent("B4", {"z"}));
+        other_wrote = true;
+      });
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      CHECK_FALSE(other_wrote.load());
+    });
+    writer.join();
+    REQUIRE(second);
+    CHECK_FALSE(other_saw_b3);
+    CHECK(other_wrote.load());
+    CHECK(MustSearch(*store, "z", false).total == 2);
+  }
 }
 
 TEST_CASE("store: concurrent bundle fetches from several store instances share no prekey",

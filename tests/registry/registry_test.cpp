@@ -348,6 +348,57 @@ TEST_CASE("registry: concurrent prekey fetches never get the same one-time preke
   CHECK(*unique.rbegin() == kKeys);
 }
 
+TEST_CASE("registry: registrations from many connections commit together and survive SIGKILL",
+          "[registry]") {
+  // Writes that arrive together share one commit (a group); every 201 must still mean stored.
+  auto reg = StartRegistry();
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 12;
+  std::vector<std::vector<TestAgent>> agents(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kPerThread; ++i) agents[t].emplace_back(1000 + t * kPerThread + i);
+  }
+  const TestAgent contested(999);  // registered by every thread at once: one 201, the rest 409
+  std::atomic<int> created{0};
+  std::atomic<int> contested_created{0};
+  std::atomic<int> contested_conflicts{0};
+  std::atomic<int> unexpected{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      HttpConnection conn(reg->port());
+      for (int i = 0; i < kPerThread; ++i) {
+        auto r = conn.Request("POST", "/v1/registry/register",
+                              agents[t][i].RegisterBody({"group/commit"}).dump());
+        (r.status == 201 ? created : unexpected)++;
+        if (i == kPerThread / 2) {
+          auto c = conn.Request("POST", "/v1/registry/register", contested.RegisterBody().dump());
+          if (c.status == 201) {
+            ++contested_created;
+          } else if (c.status == 409) {
+            ++contested_conflicts;
+          } else {
+            ++unexpected;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  INFO(reg->log());
+  CHECK(unexpected == 0);
+  CHECK(created == kThreads * kPerThread);
+  CHECK(contested_created == 1);
+  CHECK(contested_conflicts == kThreads - 1);
+
+  reg->Restart(/*kill=*/true);
+  CHECK(reg->Search("capability=group/commit&limit=1").Json()["total"] == kThreads * kPerThread);
+  for (const auto& row : agents) {
+    for (const auto& a : row) CHECK(reg->Lookup(a.amid).status == 200);
+  }
+  CHECK(reg->Lookup(contested.amid).status == 200);
+}
+
 TEST_CASE("registry: revocation hides, marks, stops prekeys and refuses re-registration",
           "[registry]") {
   auto reg = StartRegistry();

@@ -1,6 +1,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
 #include <array>
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -108,6 +109,51 @@ TEST_CASE("transactions roll back unless committed", "[sqlite]") {
   REQUIRE(*count->Step());
   CHECK(count->ColumnInt(0) == 1);
   CHECK(count->ColumnText(1) == "kept");
+}
+
+TEST_CASE("a transaction inside an open one is a savepoint of it", "[sqlite]") {
+  auto db = Database::Open(":memory:");
+  REQUIRE(db);
+  REQUIRE(db->Migrate(kMigrations));
+  const auto names = [&] {
+    std::string out;
+    auto q = db->Prepare("SELECT name FROM items ORDER BY id");
+    REQUIRE(q);
+    while (*q->Step()) out += std::string(q->ColumnText(0)) + ",";
+    return out;
+  };
+  REQUIRE(db->Exec("BEGIN IMMEDIATE"));
+  {
+    Transaction inner(*db);
+    REQUIRE(inner.status());
+    REQUIRE(db->Exec("INSERT INTO items(name) VALUES ('a')"));
+    REQUIRE(inner.Commit());
+  }
+  {
+    Transaction inner(*db);  // dropped: only its own insert goes
+    REQUIRE(inner.status());
+    REQUIRE(db->Exec("INSERT INTO items(name) VALUES ('b')"));
+  }
+  {
+    Transaction inner(*db);
+    REQUIRE(db->Exec("INSERT INTO items(name) VALUES ('c')"));
+    // A constraint error inside the savepoint leaves the outer transaction usable.
+    CHECK_FALSE(db->Exec("INSERT INTO items(name) VALUES ('a')"));
+    REQUIRE(inner.Commit());
+  }
+  CHECK(names() == "a,c,");
+  CHECK(sqlite3_get_autocommit(db->raw()) == 0);  // still inside the outer transaction
+  REQUIRE(db->Exec("ROLLBACK"));
+  CHECK(names().empty());  // the outer rollback takes the released savepoints with it
+
+  REQUIRE(db->Exec("BEGIN IMMEDIATE"));
+  {
+    Transaction inner(*db);
+    REQUIRE(db->Exec("INSERT INTO items(name) VALUES ('d')"));
+    REQUIRE(inner.Commit());
+  }
+  REQUIRE(db->Exec("COMMIT"));
+  CHECK(names() == "d,");
 }
 
 TEST_CASE("a file that is not a database is reported as corrupt", "[sqlite]") {

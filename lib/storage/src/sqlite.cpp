@@ -244,16 +244,25 @@ std::int64_t Database::LastInsertRowId() const noexcept { return sqlite3_last_in
 
 int Database::Changes() const noexcept { return sqlite3_changes(db_); }
 
-Transaction::Transaction(Database& db) : db_(db), begin_(db.Exec("BEGIN IMMEDIATE")) {}
+Transaction::Transaction(Database& db)
+    : db_(db),
+      nested_(sqlite3_get_autocommit(db.raw()) == 0),
+      begin_(db.Exec(nested_ ? "SAVEPOINT amesh_tx" : "BEGIN IMMEDIATE")) {}
 
 Transaction::~Transaction() {
-  if (begin_ && !done_) (void)db_.Exec("ROLLBACK");
+  if (!begin_ || done_) return;
+  if (nested_) {
+    (void)db_.Exec("ROLLBACK TO amesh_tx");
+    (void)db_.Exec("RELEASE amesh_tx");
+  } else {
+    (void)db_.Exec("ROLLBACK");
+  }
 }
 
 Result<void> Transaction::Commit() {
   if (!begin_) return std::unexpected(begin_.error());
   if (done_) return Fail(Code::kInternal, "transaction already finished");
-  auto r = db_.Exec("COMMIT");
+  auto r = db_.Exec(nested_ ? "RELEASE amesh_tx" : "COMMIT");
   if (r) done_ = true;
   return r;
 }

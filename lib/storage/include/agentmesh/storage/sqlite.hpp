@@ -113,7 +113,10 @@ class Database {
   sqlite3* db_ = nullptr;
 };
 
-// BEGIN IMMEDIATE on construction (check ok()), ROLLBACK on destruction unless Commit() succeeded.
+// BEGIN IMMEDIATE on construction (check status()), ROLLBACK on destruction unless Commit()
+// succeeded. Inside a transaction already open on `db` (a caller grouping several operations into
+// one commit) it is a SAVEPOINT instead: Commit() releases it into the outer transaction, and
+// destruction without Commit() rolls back only what was done since the savepoint.
 class Transaction {
  public:
   explicit Transaction(Database& db);
@@ -126,6 +129,7 @@ class Transaction {
 
  private:
   Database& db_;
+  bool nested_ = false;
   Result<void> begin_;
   bool done_ = false;
 };
