@@ -24,7 +24,10 @@ bold "Installing packages and building (reuses ${BUILD_DIR:-build}/)"
 scripts/deps.sh
 build=${BUILD_DIR:-build}
 if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAGENTMESH_WERROR=ON >/dev/null
+  # The same configuration as scripts/test.sh, so either can reuse the other's build.
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAGENTMESH_WERROR=ON \
+    -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" >/dev/null
 fi
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake --build "$build" -j"$jobs" --target amesh agentmeshd amesh-relay amesh-registry >/dev/null ||
