@@ -56,7 +56,7 @@ using pg::Rows;
 // times are int8 nanoseconds, flags are 0/1 smallints, and every text column that is compared or
 // ordered uses the "C" collation so that ordering and prefix ranges are byte-wise, as in SQLite,
 // whatever the database's default collation.
-constexpr std::array<std::string_view, 2> kMigrations = {
+constexpr std::array<std::string_view, 3> kMigrations = {
     R"sql(
 CREATE TABLE agents (
   amid text COLLATE "C" PRIMARY KEY,
@@ -174,6 +174,68 @@ CREATE TABLE agent_verifications (
   certificate text NOT NULL,
   PRIMARY KEY (amid, provider)
 );
+)sql",
+    // 3: the search index, as SQLite's migration 3 (sqlite_store.cpp): one row per (agent, term),
+    // "=" + each capability and "^" + each of its prefixes ending in '/' (and "^" alone, for
+    // "*"), carrying the agent's order and filter columns, so a search page is one range of
+    // search_terms_order in result order and its total an index-only count of that range.
+    // Triggers keep it in step: agent_capabilities rows add and remove their terms, updates of
+    // agents copy the order and filter columns. Unlike SQLite there is no per-term count table:
+    // its rows would be updated by every registration and serialise concurrent writers.
+    R"sql(
+CREATE FUNCTION capability_terms(cap text) RETURNS SETOF text LANGUAGE sql IMMUTABLE AS $$
+  SELECT '=' || cap
+  UNION ALL SELECT '^'
+  UNION ALL SELECT '^' || substr(cap, 1, p) FROM generate_series(1, length(cap)) AS p
+    WHERE substr(cap, p, 1) = '/'
+$$;
+CREATE TABLE search_terms (
+  term text COLLATE "C" NOT NULL,
+  amid text COLLATE "C" NOT NULL REFERENCES agents (amid) ON DELETE CASCADE,
+  revoked smallint NOT NULL,
+  reputation_score double precision NOT NULL,
+  last_seen bigint NOT NULL,
+  tier_rank integer NOT NULL,
+  status text COLLATE "C" NOT NULL,
+  PRIMARY KEY (amid, term)
+);
+INSERT INTO search_terms
+  SELECT DISTINCT t.term, a.amid, a.revoked, a.reputation_score, a.last_seen, a.tier_rank, a.status
+  FROM agent_capabilities c JOIN agents a ON a.amid = c.amid,
+       LATERAL capability_terms(c.capability) AS t (term);
+CREATE INDEX search_terms_order ON search_terms
+  (term, revoked, reputation_score DESC, last_seen DESC, amid) INCLUDE (tier_rank, status);
+CREATE FUNCTION agent_capabilities_terms() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO search_terms
+      SELECT t.term, a.amid, a.revoked, a.reputation_score, a.last_seen, a.tier_rank, a.status
+      FROM agents a, capability_terms(NEW.capability) AS t (term) WHERE a.amid = NEW.amid
+      ON CONFLICT (amid, term) DO NOTHING;
+  ELSE
+    DELETE FROM search_terms s
+      WHERE s.amid = OLD.amid AND s.term IN (SELECT capability_terms(OLD.capability))
+        AND NOT EXISTS (SELECT 1 FROM agent_capabilities c, capability_terms(c.capability) AS t
+                        WHERE c.amid = OLD.amid AND t = s.term);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER agent_capabilities_terms AFTER INSERT OR DELETE ON agent_capabilities
+  FOR EACH ROW EXECUTE FUNCTION agent_capabilities_terms();
+CREATE FUNCTION agents_search_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE search_terms SET revoked = NEW.revoked, reputation_score = NEW.reputation_score,
+    last_seen = NEW.last_seen, tier_rank = NEW.tier_rank, status = NEW.status
+    WHERE amid = NEW.amid;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER agents_search_sync
+  AFTER UPDATE OF revoked, reputation_score, last_seen, tier_rank, status ON agents FOR EACH ROW
+  WHEN (OLD.revoked IS DISTINCT FROM NEW.revoked
+        OR OLD.reputation_score IS DISTINCT FROM NEW.reputation_score
+        OR OLD.last_seen IS DISTINCT FROM NEW.last_seen OR OLD.tier_rank IS DISTINCT FROM NEW.tier_rank
+        OR OLD.status IS DISTINCT FROM NEW.status)
+  EXECUTE FUNCTION agents_search_sync();
 )sql",
 };
 
@@ -558,6 +620,52 @@ class PgStore final : public RegistryStore {
   }
 
   Result<SearchPage> Search(const SearchFilter& f) override {
+    // search_terms holds exact terms and the prefixes that end in '/' (and the empty one), all
+    // valid UTF-8: other queries (possible through the store API, not through the HTTP query)
+    // take the scan below.
+    const bool has_term = (!f.prefix || f.capability.empty() || f.capability.back() == '/');
+    if (has_term) {
+      std::size_t valid = 0;
+      (void)DecodeUtf8Prefix(f.capability, valid);
+      if (valid != f.capability.size()) return SearchPage{};  // no stored term can match
+      return TermSearch(f);
+    }
+    return ScanSearch(f);
+  }
+
+  // One range of search_terms_order, in result order (migration 3).
+  Result<SearchPage> TermSearch(const SearchFilter& f) {
+    Args args;
+    const std::string where = fmt::format(
+        "FROM search_terms t WHERE t.term = {} AND t.revoked = 0 AND t.tier_rank >= {} AND "
+        "t.reputation_score >= {}",
+        args((f.prefix ? "^" : "=") + f.capability), args(f.min_tier_rank),
+        args(f.min_reputation.value_or(-1.0)));
+    const std::string filtered =
+        f.status ? where + " AND t.status = " + args(ToString(*f.status)) : where;
+    return Run([&](pg::Connection& c) -> Result<SearchPage> {
+      SearchPage out;
+      AMESH_TRY(total, Count(c.Exec("SELECT count(*) " + filtered, args.span())));
+      out.total = total;
+      if (out.total <= f.offset) return out;
+      Args paged = args;
+      const std::string sql = fmt::format(
+          "SELECT {} {} JOIN agents a ON a.amid = t.amid{} ORDER BY t.reputation_score DESC, "
+          "t.last_seen DESC, t.amid ASC LIMIT {} OFFSET {}",
+          kAgentColumns, "FROM search_terms t",
+          filtered.substr(std::string_view("FROM search_terms t").size()),
+          paged(static_cast<std::int64_t>(f.limit)), paged(static_cast<std::int64_t>(f.offset)));
+      AMESH_TRY(rows, c.Exec(sql, paged.span()));
+      for (int r = 0; r < rows.size(); ++r) {
+        AMESH_TRY(agent, ReadAgent(rows, r));
+        out.agents.push_back(std::move(agent));
+      }
+      return out;
+    });
+  }
+
+  // The search without search_terms: drives from agents and probes the capabilities of each.
+  Result<SearchPage> ScanSearch(const SearchFilter& f) {
     SearchPage page;
     // Stored capabilities are valid UTF-8 (PostgreSQL refuses anything else) and "C"-collated,
     // so text order is byte order. A query that is not valid UTF-8 cannot be a text parameter:

@@ -77,6 +77,7 @@
 #include "process.hpp"
 #include "store.hpp"
 #if AMESH_BENCH_POSTGRES
+#include "agentmesh/storage/postgres.hpp"
 #include "bench_stats.hpp"
 #include "postgres_server.hpp"
 #endif
@@ -1010,6 +1011,13 @@ void RunPostgres(const Options& opt) {
       std::printf("postgresql: load failed (%s)\n", r.error().ToString().c_str());
       return;
     }
+  }
+  // As after any bulk load or restore: until autovacuum gets to the tables (a minute or more)
+  // the planner has no statistics, and counts cannot use index-only scans (no visibility map).
+  if (auto conn = storage::pg::Connection::Connect(conninfo);
+      !conn || !conn->ExecScript("VACUUM ANALYZE")) {
+    std::printf("postgresql: VACUUM ANALYZE after the load failed\n");
+    return;
   }
   testing::TempDir dir;
   RunScenarios(opt, Backend{"postgresql", url, dir.path()}, opt.agents);
