@@ -7,9 +7,12 @@
 // throughout.
 //
 // Request flow: the loop thread matches the route, answers 404/405/503/429 and the static
-// GET /health itself (so a liveness probe never waits behind database work), and hands the rest
-// to a libuv worker (uv_queue_work) where the handler runs against the thread-safe store; the
-// response is sent from the loop thread when the work completes.
+// GET /health itself (so a liveness probe never waits behind database work), and gathers the
+// rest for the end of the loop turn. Then it hands them to libuv workers (uv_queue_work) in
+// groups (api.hpp, Work): reads a few per group; writes in one group whose store calls share a
+// commit (RegistryStore::RunBatch), one group at a time on a single-writer backend; network-bound
+// handlers alone. A group's responses are sent from the loop thread when the whole group is done,
+// so no write is acknowledged before its commit.
 //
 // Ownership and threading: one Registry per process and loop; every method runs on the loop
 // thread. Stop() lets requests in flight finish; the loop then ends by itself.
