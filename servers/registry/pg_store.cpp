@@ -1222,6 +1222,8 @@ Result<std::unique_ptr<RegistryStore>> OpenPostgresStore(const std::string& uri,
   return std::unique_ptr<RegistryStore>(new PgStore(std::move(pool)));
 }
 
+std::span<const std::string_view> PostgresMigrations() { return kMigrations; }
+
 Result<std::unique_ptr<RegistryStore>> OpenPostgresStore(const std::string& uri) {
   PostgresStoreOptions options;
   if (const char* env = std::getenv("UV_THREADPOOL_SIZE"); env != nullptr) {
@@ -1247,6 +1249,8 @@ Result<std::unique_ptr<RegistryStore>> OpenPostgresStore(const std::string& /*ur
 Result<std::unique_ptr<RegistryStore>> OpenPostgresStore(const std::string& uri) {
   return OpenPostgresStore(uri, PostgresStoreOptions{});
 }
+
+std::span<const std::string_view> PostgresMigrations() { return {}; }
 
 }  // namespace agentmesh::registry
 

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -43,6 +44,10 @@ Result<std::unique_ptr<RegistryStore>> OpenPostgresStore(const std::string& uri,
                                                          const PostgresStoreOptions& options);
 // As above with `connections` = $UV_THREADPOOL_SIZE when set (1..128), else 4.
 Result<std::unique_ptr<RegistryStore>> OpenPostgresStore(const std::string& uri);
+
+// The versioned schema, entry i taking version i to i + 1 (for tests that build a database at an
+// older version and migrate it). Empty when built without libpq.
+std::span<const std::string_view> PostgresMigrations();
 
 // `url` fit for logs: the password of a postgresql:// URL ("user:secret@host") and any
 // "password=" parameter value are replaced by "***"; other URLs come back unchanged.

@@ -1272,6 +1272,8 @@ class SqliteStore final : public RegistryStore {
 
 }  // namespace
 
+std::span<const std::string_view> SqliteMigrations() { return kMigrations; }
+
 Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions& options) {
   storage::OpenOptions open;
   open.synchronous =

@@ -9,11 +9,17 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 
 #include "store.hpp"
 
 namespace agentmesh::registry {
+
+// The versioned schema, entry i taking user_version i to i + 1 (for tests that build a database
+// at an older version and migrate it).
+std::span<const std::string_view> SqliteMigrations();
 
 struct SqliteStoreOptions {
   std::string path;  // file path or ":memory:"

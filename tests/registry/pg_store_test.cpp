@@ -8,9 +8,14 @@
 #include <set>
 #include <thread>
 
+#include "agentmesh/storage/sqlite.hpp"
 #include "pg_store.hpp"
 #include "registry_fixture.hpp"
+#include "sqlite_store.hpp"
 #include "store.hpp"
+#if AMESH_TEST_HAVE_PG
+#include "agentmesh/storage/postgres.hpp"
+#endif
 
 using namespace agentmesh;
 using namespace agentmesh::registry;
@@ -314,6 +319,57 @@ TEST_CASE("store: a batch commits its writes together, each write atomic and vis
     CHECK(other_wrote.load());
     CHECK(MustSearch(*store, "z", false).total == 2);
   }
+}
+
+TEST_CASE("store: the search index of migration 3 is built from the agents already stored",
+          "[registry][store]") {
+  // A database at schema version 2 (before search_terms), with agents written there, as an
+  // upgraded deployment has it; then the store migrates it to the current version.
+  StoreDb db;
+  constexpr std::string_view kRows = R"sql(
+INSERT INTO agents (amid, signing_public_key, exchange_public_key, tier_rank, capabilities,
+                    status, reputation_score, last_seen, created_at, updated_at, revoked) VALUES
+  ('M1', 's', 'x', 0, '["travel/flights","math"]', 'online', 0.9, 30, 1, 1, 0),
+  ('M2', 's', 'x', 1, '["travel/air/cargo"]', 'offline', 0.8, 20, 1, 1, 0),
+  ('M3', 's', 'x', 0, '["travel/flights"]', 'online', 0.7, 10, 1, 1, 1);
+INSERT INTO agent_capabilities (amid, capability) VALUES
+  ('M1', 'travel/flights'), ('M1', 'math'), ('M2', 'travel/air/cargo'), ('M3', 'travel/flights');
+)sql";
+  if (db.state->backend() == Backend::kPostgres) {
+#if AMESH_TEST_HAVE_PG
+    auto conn = storage::pg::Connection::Connect(db.url());
+    REQUIRE(conn);
+    REQUIRE(PostgresMigrations().size() >= 3);
+    REQUIRE(conn->Migrate(PostgresMigrations().first(2)));
+    REQUIRE(conn->ExecScript(kRows));
+#endif
+  } else {
+    auto conn = storage::Database::Open(db.state->sqlite_path().string());
+    REQUIRE(conn);
+    REQUIRE(SqliteMigrations().size() >= 3);
+    REQUIRE(conn->Migrate(SqliteMigrations().first(2)));
+    REQUIRE(conn->Exec(kRows));
+  }
+  auto store = db.OpenMigrated();
+  CHECK(store->SchemaVersion().value_or(0) >= 3);
+  const auto exact = MustSearch(*store, "travel/flights", false);
+  CHECK(exact.total == 1);  // M3 is revoked
+  CHECK(Amids(exact) == std::vector<std::string>{"M1"});
+  const auto travel = MustSearch(*store, "travel/", true);
+  CHECK(travel.total == 2);
+  CHECK(Amids(travel) == std::vector<std::string>{"M1", "M2"});
+  CHECK(Amids(MustSearch(*store, "travel/air/", true)) == std::vector<std::string>{"M2"});
+  CHECK(MustSearch(*store, "", true).total == 2);
+  CHECK(MustSearch(*store, "math", false).total == 1);
+
+  // The migrated rows follow later changes like rows written after the migration.
+  REQUIRE(store->ReplaceCapabilities("M1", std::vector<std::string>{"math"}, 40).value_or(false));
+  CHECK(MustSearch(*store, "travel/flights", false).total == 0);
+  CHECK(Amids(MustSearch(*store, "travel/", true)) == std::vector<std::string>{"M2"});
+  RevocationRecord rev{"rev-m2", "M2", "r", "M2", 50, std::nullopt};
+  REQUIRE(store->InsertRevocation(rev));
+  CHECK(MustSearch(*store, "travel/", true).total == 0);
+  CHECK(MustSearch(*store, "", true).total == 1);
 }
 
 TEST_CASE("store: concurrent bundle fetches from several store instances share no prekey",
