@@ -636,24 +636,30 @@ class PgStore final : public RegistryStore {
   // One range of search_terms_order, in result order (migration 3).
   Result<SearchPage> TermSearch(const SearchFilter& f) {
     Args args;
-    const std::string where = fmt::format(
-        "FROM search_terms t WHERE t.term = {} AND t.revoked = 0 AND t.tier_rank >= {} AND "
-        "t.reputation_score >= {}",
+    std::string match = fmt::format(
+        "t.term = {} AND t.revoked = 0 AND t.tier_rank >= {} AND t.reputation_score >= {}",
         args((f.prefix ? "^" : "=") + f.capability), args(f.min_tier_rank),
         args(f.min_reputation.value_or(-1.0)));
-    const std::string filtered =
-        f.status ? where + " AND t.status = " + args(ToString(*f.status)) : where;
+    if (f.status) match += " AND t.status = " + args(ToString(*f.status));
+    return CountThenPage(f, std::move(args), "FROM search_terms t WHERE " + match,
+                         "FROM search_terms t JOIN agents a ON a.amid = t.amid WHERE " + match,
+                         "t.reputation_score DESC, t.last_seen DESC, t.amid ASC");
+  }
+
+  // The total of the matches (`count_from`: "FROM … WHERE …"), then the page of agents in
+  // `order` (`page_from` names the agents table `a`), in one pooled connection. Unnamed
+  // statements (Exec, not ExecPrepared): planned with the actual values, so a rare and a popular
+  // capability each get the plan that suits them.
+  Result<SearchPage> CountThenPage(const SearchFilter& f, Args args, const std::string& count_from,
+                                   const std::string& page_from, std::string_view order) {
     return Run([&](pg::Connection& c) -> Result<SearchPage> {
       SearchPage out;
-      AMESH_TRY(total, Count(c.Exec("SELECT count(*) " + filtered, args.span())));
+      AMESH_TRY(total, Count(c.Exec("SELECT count(*) " + count_from, args.span())));
       out.total = total;
       if (out.total <= f.offset) return out;
       Args paged = args;
       const std::string sql = fmt::format(
-          "SELECT {} {} JOIN agents a ON a.amid = t.amid{} ORDER BY t.reputation_score DESC, "
-          "t.last_seen DESC, t.amid ASC LIMIT {} OFFSET {}",
-          kAgentColumns, "FROM search_terms t",
-          filtered.substr(std::string_view("FROM search_terms t").size()),
+          "SELECT {} {} ORDER BY {} LIMIT {} OFFSET {}", kAgentColumns, page_from, order,
           paged(static_cast<std::int64_t>(f.limit)), paged(static_cast<std::int64_t>(f.offset)));
       AMESH_TRY(rows, c.Exec(sql, paged.span()));
       for (int r = 0; r < rows.size(); ++r) {
@@ -693,31 +699,13 @@ class PgStore final : public RegistryStore {
             "::bytea IN convert_to(c.capability, 'UTF8')) = 1";
       }
     }
-    // Unnamed statements (Exec, not ExecPrepared): planned with the actual values, so a rare
-    // and a popular capability each get the plan that suits them.
     std::string where = fmt::format(
         "FROM agents a WHERE a.revoked = 0 AND EXISTS (SELECT 1 FROM agent_capabilities c "
         "WHERE c.amid = a.amid AND {}) AND a.tier_rank >= {} AND a.reputation_score >= {}",
         match, args(f.min_tier_rank), args(f.min_reputation.value_or(-1.0)));
     if (f.status) where += " AND a.status = " + args(ToString(*f.status));
-    return Run([&](pg::Connection& c) -> Result<SearchPage> {
-      SearchPage out;
-      AMESH_TRY(total, Count(c.Exec("SELECT count(*) " + where, args.span())));
-      out.total = total;
-      if (out.total <= f.offset) return out;
-      Args paged = args;
-      const std::string sql = fmt::format(
-          "SELECT {} {} ORDER BY a.reputation_score DESC, a.last_seen DESC, a.amid ASC "
-          "LIMIT {} OFFSET {}",
-          kAgentColumns, where, paged(static_cast<std::int64_t>(f.limit)),
-          paged(static_cast<std::int64_t>(f.offset)));
-      AMESH_TRY(rows, c.Exec(sql, paged.span()));
-      for (int r = 0; r < rows.size(); ++r) {
-        AMESH_TRY(agent, ReadAgent(rows, r));
-        out.agents.push_back(std::move(agent));
-      }
-      return out;
-    });
+    return CountThenPage(f, std::move(args), where, where,
+                         "a.reputation_score DESC, a.last_seen DESC, a.amid ASC");
   }
 
   Result<RegistryCounts> Counts() override {

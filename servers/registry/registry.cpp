@@ -310,31 +310,28 @@ class Registry::Impl {
       uv_check_stop(dispatch_);
       dispatch_armed_ = false;
     }
-    const auto split = [this](Work work, std::vector<std::unique_ptr<Job>>& pending,
-                              std::size_t per_group) {
-      for (std::size_t i = 0; i < pending.size(); i += per_group) {
-        const std::size_t end = std::min(pending.size(), i + per_group);
-        std::vector<std::unique_ptr<Job>> jobs;
-        jobs.reserve(end - i);
-        for (std::size_t k = i; k < end; ++k) jobs.push_back(std::move(pending[k]));
-        QueueGroup(work, std::move(jobs));
-      }
-      pending.clear();
-    };
     if (!store_->single_writer()) {
-      split(Work::kWrite, pending_writes_, kWritesPerGroup);
+      while (!pending_writes_.empty()) {
+        QueueGroup(Work::kWrite, TakeFront(pending_writes_, kWritesPerGroup));
+      }
     } else if (!write_group_running_ && !pending_writes_.empty()) {
       // One group at a time: the writes that arrive while it commits form the next one.
       write_group_running_ = true;
-      std::vector<std::unique_ptr<Job>> jobs;
-      const std::size_t n = std::min(pending_writes_.size(), kWritesPerGroup);
-      jobs.reserve(n);
-      for (std::size_t k = 0; k < n; ++k) jobs.push_back(std::move(pending_writes_[k]));
-      pending_writes_.erase(pending_writes_.begin(),
-                            pending_writes_.begin() + static_cast<std::ptrdiff_t>(n));
-      QueueGroup(Work::kWrite, std::move(jobs));
+      QueueGroup(Work::kWrite, TakeFront(pending_writes_, kWritesPerGroup));
     }
-    split(Work::kRead, pending_reads_, kReadsPerGroup);
+    while (!pending_reads_.empty()) {
+      QueueGroup(Work::kRead, TakeFront(pending_reads_, kReadsPerGroup));
+    }
+  }
+
+  // Moves the first `n` jobs (or all, when fewer) out of `pending`.
+  static std::vector<std::unique_ptr<Job>> TakeFront(std::vector<std::unique_ptr<Job>>& pending,
+                                                     std::size_t n) {
+    const auto end = pending.begin() + static_cast<std::ptrdiff_t>(std::min(n, pending.size()));
+    std::vector<std::unique_ptr<Job>> taken(std::make_move_iterator(pending.begin()),
+                                            std::make_move_iterator(end));
+    pending.erase(pending.begin(), end);
+    return taken;
   }
 
   void QueueGroup(Work work, std::vector<std::unique_ptr<Job>> jobs) {
