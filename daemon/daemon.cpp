@@ -490,6 +490,10 @@ void Daemon::WakeCheck() {
 
 void Daemon::OnCheck() {
   for (int round = 0; round < 1000; ++round) {
+    if (serve_waiters_) {
+      serve_waiters_ = false;
+      ServeWaitersNow();
+    }
     if (store_->in_batch()) {
       for (auto it = sessions_.begin(); it != sessions_.end();) {
         LiveSession& s = *it->second;
@@ -515,7 +519,7 @@ void Daemon::OnCheck() {
         ::_exit(70);
       }
     }
-    if (after_commit_.empty()) break;
+    if (after_commit_.empty() && !serve_waiters_) break;
     auto actions = std::move(after_commit_);
     after_commit_.clear();
     for (auto& fn : actions) {
@@ -527,7 +531,7 @@ void Daemon::OnCheck() {
     }
   }
   if (rpc_) rpc_->Flush();
-  if (idle_ != nullptr && !store_->in_batch() && after_commit_.empty() &&
+  if (idle_ != nullptr && !store_->in_batch() && after_commit_.empty() && !serve_waiters_ &&
       (!rpc_ || !rpc_->has_output())) {
     uv_idle_stop(idle_);
   }

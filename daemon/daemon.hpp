@@ -184,7 +184,9 @@ class Daemon {
   void SendOutboxRow(const OutboxRow& row);
   void ResendOutbox();
   void ExpireSessions();
-  // Hands messages to waiting recv / send-wait calls after new inbox rows became visible.
+  // Hands messages to waiting recv / send-wait calls after new inbox rows became visible. Runs
+  // once, at the end of this loop turn (before its commit), so that a burst of relay messages
+  // read in one turn answers a waiting `recv` with all of them rather than with the first.
   void ServeWaiters();
 
   // Transcripts (store_transcripts in config.json or policy.json): one sealed row per envelope.
@@ -249,6 +251,7 @@ class Daemon {
   uv_idle_t* idle_ = nullptr;
   uv_timer_t* housekeeping_ = nullptr;
   std::vector<std::function<void()>> after_commit_;
+  bool serve_waiters_ = false;  // ServeWaiters() was called this turn
   int audit_fd_ = -1;
 
   std::unordered_map<std::string, std::unique_ptr<LiveSession>> sessions_;
@@ -305,6 +308,7 @@ class Daemon {
   Result<void> LoadSealKey();
   Result<void> LoadIdentity();
   void OnCheck();
+  void ServeWaitersNow();
   void FinishStop();
   void Housekeeping();
 };

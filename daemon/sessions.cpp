@@ -1106,6 +1106,11 @@ void Daemon::ExpireSessions() {
 }
 
 void Daemon::ServeWaiters() {
+  serve_waiters_ = true;
+  WakeCheck();
+}
+
+void Daemon::ServeWaitersNow() {
   for (auto it = response_waits_.begin(); it != response_waits_.end();) {
     const std::string sid = it->first;
     auto rows = store_->SelectInbox(sid, std::nullopt, std::nullopt, 1000);
