@@ -1,5 +1,7 @@
 // The daemon's durable state: <home>/agentmesh.db (SQLite, WAL, versioned migrations, 0600).
 //
+// WAL checkpoints every 10000 pages (see Open).
+//
 // Tables (schema version 1):
 //   meta(key, value)                         small settings: seal check blob, paused, registered,
 //                                            next one-time prekey id
