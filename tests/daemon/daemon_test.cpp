@@ -11,7 +11,12 @@
 #include <set>
 #include <sstream>
 
+#include "agentmesh/core/bytes.hpp"
+#include "agentmesh/core/encoding.hpp"
+#include "agentmesh/core/identity.hpp"
+#include "agentmesh/core/rng.hpp"
 #include "harness.hpp"
+#include "ws_test_client.hpp"
 
 using namespace agentmesh::testing;
 
@@ -78,6 +83,9 @@ class Mesh {
 
   const std::filesystem::path& dir() const { return dir_.path(); }
   std::uint16_t registry_port() { return registry_.port(); }
+  std::uint16_t relay_port() { return relay_.port(); }
+  const std::string& relay_url() const { return relay_url_; }
+
   std::string log() const {
     std::string out = "relay:\n" + relay_.log() + "\nregistry:\n" + registry_.log();
     for (const auto& a : agents_) out += "\n" + a->home().filename().string() + ":\n" + a->log();
@@ -94,8 +102,8 @@ class Mesh {
 
 std::string Amid(DaemonProcess& d) { return d.rpc.Call("whoami")["amid"]; }
 
-// GET http://127.0.0.1:port/path → the JSON body (null on any failure). HTTP/1.0, no keep-alive.
-json HttpGetJson(std::uint16_t port, const std::string& path) {
+// GET http://127.0.0.1:port/path → the body ("" on any failure). HTTP/1.0, no keep-alive.
+std::string HttpGetText(std::uint16_t port, const std::string& path) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -103,7 +111,7 @@ json HttpGetJson(std::uint16_t port, const std::string& path) {
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     ::close(fd);
-    return nullptr;
+    return {};
   }
   const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
   (void)!::write(fd, req.data(), req.size());
@@ -113,8 +121,12 @@ json HttpGetJson(std::uint16_t port, const std::string& path) {
   while ((n = ::read(fd, buf, sizeof buf)) > 0) resp.append(buf, static_cast<std::size_t>(n));
   ::close(fd);
   const auto body = resp.find("\r\n\r\n");
-  if (body == std::string::npos) return nullptr;
-  auto doc = json::parse(resp.substr(body + 4), nullptr, false);
+  return body == std::string::npos ? std::string() : resp.substr(body + 4);
+}
+
+// The JSON body of GET http://127.0.0.1:port/path (null on any failure).
+json HttpGetJson(std::uint16_t port, const std::string& path) {
+  auto doc = json::parse(HttpGetText(port, path), nullptr, false);
   return doc.is_discarded() ? json(nullptr) : doc;
 }
 
@@ -1110,4 +1122,89 @@ TEST_CASE("daemon: sd_notify READY=1 once listening and STOPPING=1 on shutdown",
   d.Terminate();
   CHECK(receive(10s) == "STOPPING=1");
   ::close(fd);
+}
+
+// A rogue relay client (not a daemon, so nothing stops it from sending garbage) sends bob's
+// daemon frames no honest sender produces. Each is dropped, none reaches bob's application, and
+// bob keeps serving: a real session afterwards works end to end.
+TEST_CASE("daemon: hostile relay messages from a rogue client are dropped and change nothing",
+          "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob");
+  const std::string bob = Amid(b);
+  INFO(mesh.log());
+
+  agentmesh::DeterministicRng rng(77);
+  const auto rogue_id = agentmesh::Ed25519KeyPair::Generate(rng);
+  WsTestClient rogue;
+  REQUIRE(rogue.ConnectAs(mesh.relay_url(), rogue_id));
+  auto random_b64 = [&](std::size_t n) {
+    agentmesh::Bytes bytes(n);
+    rng.Fill(agentmesh::MutableByteView(bytes.data(), bytes.size()));
+    return agentmesh::Base64Encode(bytes);
+  };
+  const std::vector<std::pair<std::string, std::string>> hostile = {
+      {"message", "not base64 at all !!!"}, {"message", ""},
+      {"message", random_b64(40)},          {"message", random_b64(600)},
+      {"message", random_b64(45'000)},  // near the relay's 64 KiB frame limit
+      {"knock", random_b64(300)},           {"knock", random_b64(4)},
+      {"close", random_b64(120)},           {"no_such_type", random_b64(64)},
+  };
+  int i = 0;
+  for (const auto& [type, payload] : hostile) {
+    REQUIRE(rogue.Send(json{{"type", "send"},
+                            {"to", bob},
+                            {"id", "rogue-" + std::to_string(i++)},
+                            {"encrypted_payload", payload},
+                            {"message_type", type}}));
+  }
+  // The relay answers each send (delivered, queued or refused); bob's daemon gets the delivered
+  // ones while this waits.
+  int answers = 0;
+  int delivered = 0;
+  json answered = json::array();
+  while (answers < static_cast<int>(hostile.size())) {
+    auto frame = rogue.Recv(10s);
+    if (!frame) break;
+    answered.push_back(*frame);
+    if ((*frame)["type"] == "send_result" || (*frame)["type"] == "error") ++answers;
+    if ((*frame)["status"] == "delivered") ++delivered;
+  }
+  INFO(answered.dump());
+  CHECK(answers == static_cast<int>(hostile.size()));
+
+  // Bob is alive, still connected, and nothing reached his inbox.
+  CHECK(b.rpc.Call("ping").is_object());
+  CHECK(b.rpc.Call("recv", {{"timeout_ms", 500}})["messages"].empty());
+  CHECK(b.rpc.Call("status")["relay"]["connected"] == true);
+  CHECK(b.rpc.Call("sessions", json::object())["sessions"].empty());
+  // Bob answered every delivered one (acked or nacked), so the relay holds none of them for a
+  // later redelivery.
+  auto metric = [&](const std::string& text, const std::string& name) {
+    const auto at = text.find("\n" + name + " ");
+    return at == std::string::npos ? -1 : std::stoll(text.substr(at + name.size() + 2));
+  };
+  std::string metrics;
+  for (int tries = 0; tries < 100; ++tries) {
+    metrics = HttpGetText(mesh.relay_port(), "/metrics");
+    if (metric(metrics, "amesh_relay_acked_total") + metric(metrics, "amesh_relay_nacked_total") >=
+        delivered) {
+      break;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  INFO(metrics);
+  CHECK(delivered > 0);
+  CHECK(metric(metrics, "amesh_relay_acked_total") + metric(metrics, "amesh_relay_nacked_total") ==
+        delivered);
+  CHECK(metric(metrics, "amesh_relay_queued_messages") == 0);
+
+  // And an honest session still works in both directions.
+  const std::string sid = OpenSession(a, b, "conversation");
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"after", "rogue"}}}});
+  json got = b.rpc.Call("recv", {{"timeout_ms", 10000}});
+  REQUIRE(got["messages"].size() == 1);
+  CHECK(got["messages"][0]["payload"]["after"] == "rogue");
+  CHECK(got["messages"][0]["from"] == Amid(a));
 }
