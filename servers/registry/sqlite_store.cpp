@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
+#include "agentmesh/storage/checkpointer.hpp"
 #include "agentmesh/storage/sqlite.hpp"
 
 namespace agentmesh::registry {
@@ -198,6 +199,12 @@ END;
 )sql",
 };
 
+// WAL frames (pages) at which the checkpointer thread is woken, and at which a commit finishes
+// the checkpoint inline so that the WAL restarts (storage/checkpointer.hpp): the WAL file stays
+// under ~160 MB. registry_bench, 1 M agents: registrations 2.2 k/s -> 3.3 k/s, p99 133 -> 35 ms.
+constexpr int kCheckpointBackgroundPages = 4000;
+constexpr int kCheckpointInlinePages = 40000;
+
 constexpr std::string_view kAgentColumns =
     "a.amid, a.signing_public_key, a.exchange_public_key, a.tier_rank, a.display_name, "
     "a.organization, a.capabilities, a.relay_endpoint, a.direct_endpoint, a.status, "
@@ -344,6 +351,17 @@ class SqliteStore final : public RegistryStore {
  public:
   SqliteStore(std::unique_ptr<Conn> writer, std::vector<std::unique_ptr<Conn>> readers)
       : writer_(std::move(writer)), readers_(std::move(readers)) {}
+
+  // Takes the writer's WAL checkpoints to a thread of their own (destroyed before writer_).
+  Result<void> StartCheckpointer(const std::string& path, const storage::OpenOptions& open) {
+    storage::CheckpointerOptions options;
+    options.background_pages = kCheckpointBackgroundPages;
+    options.inline_pages = kCheckpointInlinePages;
+    auto c = storage::Checkpointer::Start(writer_->db, path, open, options);
+    if (!c) return std::unexpected(c.error());
+    checkpointer_ = std::move(*c);
+    return {};
+  }
 
   std::string_view backend() const noexcept override { return "sqlite"; }
 
@@ -1265,6 +1283,7 @@ class SqliteStore final : public RegistryStore {
 
   std::mutex write_mu_;
   std::unique_ptr<Conn> writer_;
+  std::unique_ptr<storage::Checkpointer> checkpointer_;
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;
   std::vector<std::unique_ptr<Conn>> readers_;
@@ -1289,7 +1308,8 @@ Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions&
   (void)writer->Exec("PRAGMA cache_size=-16384");
   // Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: each registration dirties about a
   // dozen index leaves, and a page rewritten many times between checkpoints is copied back to
-  // the file (and fsynced) once. Registrations at 100 k agents: 0.7 k/s -> 1.5 k/s.
+  // the file (and fsynced) once. Registrations at 100 k agents: 0.7 k/s -> 1.5 k/s. On a file,
+  // the Checkpointer below replaces this with checkpoints off the write path.
   (void)writer->Exec("PRAGMA wal_autocheckpoint=10000");
   std::vector<std::unique_ptr<Conn>> readers;
   const bool in_memory = options.path == ":memory:" || options.path.starts_with("file::memory:");
@@ -1305,8 +1325,16 @@ Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions&
       readers.push_back(std::make_unique<Conn>(std::move(*reader)));
     }
   }
-  return std::unique_ptr<RegistryStore>(
-      new SqliteStore(std::make_unique<Conn>(std::move(*writer)), std::move(readers)));
+  auto store =
+      std::make_unique<SqliteStore>(std::make_unique<Conn>(std::move(*writer)), std::move(readers));
+  if (!in_memory) {
+    // Write groups never wait for a checkpoint (it copied ~40 MB and fsynced inside the commit
+    // that crossed the threshold, stalling every registration queued behind it).
+    if (auto started = store->StartCheckpointer(options.path, open); !started) {
+      return std::unexpected(started.error());
+    }
+  }
+  return std::unique_ptr<RegistryStore>(std::move(store));
 }
 
 }  // namespace agentmesh::registry
