@@ -20,7 +20,7 @@ using storage::Statement;
 
 // Versioned schema: entry i brings the database from user_version i to i + 1. Never edit a
 // released entry; append a new one.
-constexpr std::array<std::string_view, 3> kMigrations = {
+constexpr std::array<std::string_view, 4> kMigrations = {
     R"sql(
 CREATE TABLE agents (
   amid TEXT PRIMARY KEY,
@@ -196,6 +196,12 @@ CREATE TRIGGER agents_search_sync
     last_seen = new.last_seen, tier_rank = new.tier_rank, status = new.status
     WHERE amid = new.amid;
 END;
+)sql",
+    // 4: agent_capabilities goes. Its (amid, capability) pairs are the "=" rows of search_terms,
+    // which also serve any prefix as a range of "=" terms, and its two B-trees cost every
+    // registration about three more random leaves to write.
+    R"sql(
+DROP TABLE agent_capabilities;
 )sql",
 };
 
@@ -509,12 +515,6 @@ class SqliteStore final : public RegistryStore {
       if (c.db.Changes() == 0) return false;
     }
     {
-      AMESH_TRY(p, c.Prepare("DELETE FROM agent_capabilities WHERE amid = ?1"));
-      Use s(p);
-      s->Bind(1, amid);
-      AMESH_CHECK(s->Run());
-    }
-    {
       AMESH_TRY(p, c.Prepare("DELETE FROM search_terms WHERE amid = ?1"));
       Use s(p);
       s->Bind(1, amid);
@@ -537,8 +537,11 @@ class SqliteStore final : public RegistryStore {
 
   Result<SearchPage> Search(const SearchFilter& f) override {
     // search_terms holds exact terms and the prefixes that end in '/' (and the empty one): any
-    // other prefix (possible through the store API, not through the HTTP query) scans agents.
-    if (f.prefix && !f.capability.empty() && f.capability.back() != '/') return ScanSearch(f);
+    // other prefix (possible through the store API, not through the HTTP query) is a range of
+    // exact terms.
+    if (f.prefix && !f.capability.empty() && f.capability.back() != '/') {
+      return PrefixRangeSearch(f);
+    }
     // One range of the search_terms_order index, in result order (migration 3).
     const std::string term = (f.prefix ? "^" : "=") + f.capability;
     const bool unfiltered = f.min_tier_rank <= 0 && !f.min_reputation && !f.status;
@@ -595,25 +598,18 @@ class SqliteStore final : public RegistryStore {
     return page;
   }
 
-  // The search without search_terms: drives from agents_order and probes the capabilities of
-  // each agent (a full scan when few agents match).
-  Result<SearchPage> ScanSearch(const SearchFilter& f) {
-    std::optional<std::string> upper;
-    std::string match;
-    if (!f.prefix) {
-      match = "c.capability = ?1";
-    } else {
-      upper = PrefixUpperBound(f.capability);
-      match = upper ? "c.capability >= ?1 AND c.capability < ?2" : "c.capability >= ?1";
-    }
-    const std::string where = fmt::format(
-        "FROM agents a WHERE a.revoked = 0 AND EXISTS (SELECT 1 FROM agent_capabilities c "
-        "WHERE c.amid = a.amid AND {}) AND a.tier_rank >= ?3 AND a.reputation_score >= ?4 "
-        "AND (?5 IS NULL OR a.status = ?5)",
-        match);
+  // A prefix search for a prefix that is not a term of its own (one not ending in '/'): the
+  // agents with an exact term in the range of the prefix, in agents_order order.
+  Result<SearchPage> PrefixRangeSearch(const SearchFilter& f) {
+    const std::string low = "=" + f.capability;
+    const std::string high = PrefixUpperBound(low).value_or(std::string());  // '=' is not 0xff
+    constexpr std::string_view where =
+        "FROM agents a WHERE a.revoked = 0 AND a.amid IN (SELECT t.amid FROM search_terms t "
+        "WHERE t.term >= ?1 AND t.term < ?2) AND a.tier_rank >= ?3 AND a.reputation_score >= ?4 "
+        "AND (?5 IS NULL OR a.status = ?5)";
     auto bind = [&](Statement& s) {
-      s.Bind(1, f.capability);
-      if (upper) s.Bind(2, *upper);
+      s.Bind(1, low);
+      s.Bind(2, high);
       s.Bind(3, f.min_tier_rank);
       s.Bind(4, f.min_reputation.value_or(-1.0));
       if (f.status) {
@@ -625,7 +621,7 @@ class SqliteStore final : public RegistryStore {
     Reader r(*this);
     SearchPage page;
     {
-      AMESH_TRY(p, r->Prepare("SELECT count(*) " + where));
+      AMESH_TRY(p, r->Prepare("SELECT count(*) " + std::string(where)));
       Use s(p);
       bind(*s);
       AMESH_TRY(row, s->Step());
@@ -1226,15 +1222,7 @@ class SqliteStore final : public RegistryStore {
 
   static Result<void> InsertCapabilities(Conn& c, std::string_view amid,
                                          std::span<const std::string> caps) {
-    AMESH_TRY(p, c.Prepare("INSERT INTO agent_capabilities (amid, capability) VALUES (?1, ?2) "
-                           "ON CONFLICT (amid, capability) DO NOTHING"));
-    for (const auto& cap : caps) {
-      Use s(p);
-      s->Bind(1, amid).Bind(2, cap);
-      AMESH_CHECK(s->Run());
-    }
-    // The search terms (migration 3), with the agent's current order and filter
-    // columns.
+    // The search terms (migrations 3 and 4), with the agent's current order and filter columns.
     AMESH_TRY(t, c.Prepare("INSERT OR IGNORE INTO search_terms (term, amid, revoked, "
                            "reputation_score, last_seen, tier_rank, status) SELECT ?2, amid, "
                            "revoked, reputation_score, last_seen, tier_rank, status FROM "

@@ -10,6 +10,8 @@
 //                      ('online'|'away'|'offline'|'dnd'), reputation_score, last_seen, created_at,
 //                      updated_at (UnixNanos integers), revoked (0/1)
 //   agent_capabilities (amid, capability) PK, index on capability: what search matches on
+//                      (PostgreSQL; SQLite dropped it in migration 4, its search_terms "=" rows
+//                      hold the same pairs)
 //   signed_prekeys     (amid, prekey_id) PK, public_key, signature, created_at
 //   one_time_prekeys   (amid, prekey_id) PK, public_key, consumed (0/1), consumed_at?
 //                      Rows are never deleted, so an id can never be reused for an agent.
@@ -246,7 +248,7 @@ class RegistryStore {
   virtual bool single_writer() const noexcept { return false; }
 
   // ── Agents ──
-  // Inserts the agent and its agent_capabilities rows in one transaction. kConflict when the
+  // Inserts the agent and its capability (search) rows in one transaction. kConflict when the
   // AMID exists (revoked or not).
   virtual Result<void> InsertAgent(const AgentRecord& agent) = 0;
   virtual Result<std::optional<AgentRecord>> GetAgent(std::string_view amid) = 0;
@@ -255,7 +257,7 @@ class RegistryStore {
   virtual Result<std::optional<AgentSummary>> LookupAgent(std::string_view amid) = 0;
   // Sets status and last_seen = updated_at = now. False when the AMID is unknown.
   virtual Result<bool> UpdatePresence(std::string_view amid, Presence status, UnixNanos now) = 0;
-  // Replaces the capability list (agents.capabilities and agent_capabilities) in one
+  // Replaces the capability list (agents.capabilities and the search rows) in one
   // transaction and sets last_seen = updated_at = now. False when the AMID is unknown.
   virtual Result<bool> ReplaceCapabilities(std::string_view amid,
                                            std::span<const std::string> capabilities,

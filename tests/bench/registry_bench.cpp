@@ -102,7 +102,7 @@ using agentmesh::bench::Percentile;
 UnixNanos WallNow() { return agentmesh::bench::WallNowNs(); }
 
 // Bump when the generated data set changes, so stale caches are not reused.
-constexpr int kDataFormat = 1;
+constexpr int kDataFormat = 2;
 constexpr std::uint64_t kSeedBase = 0x7265676265000000ULL;  // "regbe"
 
 struct Options {

@@ -352,6 +352,17 @@ INSERT INTO agent_capabilities (amid, capability) VALUES
   }
   auto store = db.OpenMigrated();
   CHECK(store->SchemaVersion().value_or(0) >= 3);
+  if (db.state->backend() == Backend::kSqlite) {
+    // Migration 4 dropped agent_capabilities once search_terms held its pairs.
+    auto conn = storage::Database::Open(db.state->sqlite_path().string());
+    REQUIRE(conn);
+    auto table =
+        conn->Prepare("SELECT count(*) FROM sqlite_master WHERE name = 'agent_capabilities'");
+    REQUIRE(table);
+    REQUIRE(table->Step().value_or(false));
+    CHECK(table->ColumnInt(0) == 0);
+    CHECK(store->SchemaVersion().value_or(0) == static_cast<int>(SqliteMigrations().size()));
+  }
   const auto exact = MustSearch(*store, "travel/flights", false);
   CHECK(exact.total == 1);  // M3 is revoked
   CHECK(Amids(exact) == std::vector<std::string>{"M1"});
@@ -361,6 +372,7 @@ INSERT INTO agent_capabilities (amid, capability) VALUES
   CHECK(Amids(MustSearch(*store, "travel/air/", true)) == std::vector<std::string>{"M2"});
   CHECK(MustSearch(*store, "", true).total == 2);
   CHECK(MustSearch(*store, "math", false).total == 1);
+  CHECK(Amids(MustSearch(*store, "trav", true)) == std::vector<std::string>{"M1", "M2"});
 
   // The migrated rows follow later changes like rows written after the migration.
   REQUIRE(store->ReplaceCapabilities("M1", std::vector<std::string>{"math"}, 40).value_or(false));
