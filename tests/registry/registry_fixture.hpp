@@ -169,9 +169,11 @@ class Registry {
       : Registry(std::make_shared<RegistryState>(), std::move(extra), wait_ready) {}
 
   // A registry on existing state (e.g. another Registry's state(), after that one stopped).
+  // `wrapper`: a command line the registry's is appended to (e.g. a shell that sets limits and
+  // then runs exec "$0" "$@").
   Registry(std::shared_ptr<RegistryState> state, std::vector<std::string> extra = {},
-           bool wait_ready = true)
-      : state_(std::move(state)), extra_(std::move(extra)) {
+           bool wait_ready = true, std::vector<std::string> wrapper = {})
+      : state_(std::move(state)), extra_(std::move(extra)), wrapper_(std::move(wrapper)) {
     Launch(wait_ready);
   }
 
@@ -222,6 +224,7 @@ class Registry {
   std::shared_ptr<RegistryState> state_;
   ChildProcess process_;
   std::vector<std::string> extra_;
+  std::vector<std::string> wrapper_;
   std::uint16_t port_ = 0;
   int runs_ = 0;
   std::unique_ptr<HttpConnection> conn_;
@@ -243,6 +246,7 @@ class Registry {
       argv.insert(argv.end(), state_->db_args().begin(), state_->db_args().end());
     }
     argv.insert(argv.end(), extra_.begin(), extra_.end());
+    argv.insert(argv.begin(), wrapper_.begin(), wrapper_.end());
     const auto log = state_->dir() / (runs_ == 0 ? std::string("registry.log")
                                                  : "registry-" + std::to_string(runs_) + ".log");
     REQUIRE(process_.Start(argv, log));

@@ -399,6 +399,54 @@ TEST_CASE("registry: registrations from many connections commit together and sur
   CHECK(reg->Lookup(contested.amid).status == 200);
 }
 
+TEST_CASE("registry: a failed group commit answers 503 and stores nothing of it while reads go on",
+          "[registry][sqlite-only]") {
+  // The registry may not grow a file past ~2-4 MB (RLIMIT_FSIZE; SIGXFSZ ignored, so a write past
+  // the limit fails with EFBIG instead of killing the process). Once the WAL reaches the limit,
+  // every commit fails as it would on a full disk.
+  auto state = std::make_shared<RegistryState>();
+  auto reg = std::make_unique<Registry>(
+      state, std::vector<std::string>{}, true,
+      std::vector<std::string>{"/bin/sh", "-c",
+                               "trap '' XFSZ; ulimit -f 4096; exec \"$0\" \"$@\""});
+  const std::string padding(100, 'p');  // capabilities are at most 128 bytes
+  std::vector<TestAgent> stored;
+  std::vector<TestAgent> refused;
+  std::vector<std::string> other;
+  for (int i = 0; i < 4000 && refused.size() < 5; ++i) {
+    TestAgent agent(5000 + i);
+    auto r = reg->Register(agent, {"disk/full/" + std::to_string(i) + padding, "disk/" + padding});
+    if (r.status == 201) {
+      stored.push_back(std::move(agent));
+    } else if (r.status == 503) {
+      CHECK(r.Json()["error"].get<std::string>().find("not saved") != std::string::npos);
+      refused.push_back(std::move(agent));
+    } else {
+      other.push_back(std::to_string(r.status) + " " + r.body);
+    }
+  }
+  INFO(reg->log());
+  CHECK(other.empty());
+  REQUIRE(refused.size() == 5);
+  REQUIRE(stored.size() > 10);
+  // Reads are still served while writes fail.
+  CHECK(reg->Lookup(stored.front().amid).status == 200);
+  CHECK(reg->Lookup(refused.front().amid).status == 404);
+  CHECK(reg->log().find("storage: a group commit failed") != std::string::npos);
+  auto metrics = reg->Get("/metrics");
+  CHECK(metrics.body.find("amesh_registry_storage_errors_total 0") == std::string::npos);
+
+  // Without the limit, on the same files: every 201 is there, no 503 is.
+  reg.reset();
+  Registry again(state);
+  CHECK(again.Search("capability=" + UrlEncode("disk/" + padding) + "&limit=1").Json()["total"] ==
+        stored.size());
+  for (const auto& a : stored) CHECK(again.Lookup(a.amid).status == 200);
+  for (const auto& a : refused) CHECK(again.Lookup(a.amid).status == 404);
+  TestAgent after(4999);
+  CHECK(again.Register(after, {"disk/after"}).status == 201);
+}
+
 TEST_CASE("registry: revocation hides, marks, stops prekeys and refuses re-registration",
           "[registry]") {
   auto reg = StartRegistry();
