@@ -65,13 +65,16 @@ TEST_CASE("the checkpointer thread copies the WAL into the database off the writ
   auto checkpointer = Checkpointer::Start(*writer, path, OpenOptions{}, options);
   REQUIRE(checkpointer);
   WriteRows(*writer, 0, 200);
+  // Only the thread can grow the main file here (no inline bound, no automatic checkpoint). How
+  // much a PASSIVE checkpoint copies depends on where the writer was when it ran, so wait for
+  // the thread to have copied something.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while ((*checkpointer)->background_runs() == 0 && std::chrono::steady_clock::now() < deadline) {
+  while (((*checkpointer)->background_runs() == 0 || MainFileSize(path) <= empty_size) &&
+         std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   CHECK((*checkpointer)->background_runs() > 0);
-  // 200 rows of 3 kB: the thread copied at least the first 50 frames' pages into the file.
-  CHECK(MainFileSize(path) > empty_size + 50 * 4096);
+  CHECK(MainFileSize(path) > empty_size);
   WriteRows(*writer, 200, 100);  // the writer goes on while the thread may be checkpointing
   checkpointer->reset();         // stops and joins the thread, removes the hook
   WriteRows(*writer, 300, 10);   // commits after it is gone do not touch it
