@@ -34,6 +34,8 @@ std::string RedactDatabaseUrl(std::string_view url) {
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -56,7 +58,7 @@ using pg::Rows;
 // times are int8 nanoseconds, flags are 0/1 smallints, and every text column that is compared or
 // ordered uses the "C" collation so that ordering and prefix ranges are byte-wise, as in SQLite,
 // whatever the database's default collation.
-constexpr std::array<std::string_view, 3> kMigrations = {
+constexpr std::array<std::string_view, 4> kMigrations = {
     R"sql(
 CREATE TABLE agents (
   amid text COLLATE "C" PRIMARY KEY,
@@ -236,6 +238,50 @@ CREATE TRIGGER agents_search_sync
         OR OLD.last_seen IS DISTINCT FROM NEW.last_seen OR OLD.tier_rank IS DISTINCT FROM NEW.tier_rank
         OR OLD.status IS DISTINCT FROM NEW.status)
   EXECUTE FUNCTION agents_search_sync();
+)sql",
+    // 4: per-term counts of live search_terms rows, so that the total of an unfiltered search is
+    // a lookup instead of a count of every match (O(matches): ~3 ms per search at 14 k matches).
+    // A count row updated by every write would serialise concurrent registrations (they all
+    // touch "^"), so writes only append deltas (statement triggers, one row per term and
+    // statement) and FoldCounts moves them into search_term_counts now and then. A total is
+    // the count plus the term's pending deltas, read in one snapshot: exact at any time.
+    R"sql(
+CREATE TABLE search_term_counts (term text COLLATE "C" PRIMARY KEY, live bigint NOT NULL);
+CREATE TABLE search_term_deltas (
+  id bigserial PRIMARY KEY,
+  term text COLLATE "C" NOT NULL,
+  delta bigint NOT NULL
+);
+CREATE INDEX search_term_deltas_by_term ON search_term_deltas (term) INCLUDE (delta);
+INSERT INTO search_term_counts
+  SELECT term, count(*) FROM search_terms WHERE revoked = 0 GROUP BY term;
+CREATE FUNCTION search_terms_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO search_term_deltas (term, delta)
+    SELECT term, count(*) FROM new_rows WHERE revoked = 0 GROUP BY term;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER search_terms_counted AFTER INSERT ON search_terms
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION search_terms_counted();
+CREATE FUNCTION search_terms_uncounted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO search_term_deltas (term, delta)
+    SELECT term, -count(*) FROM old_rows WHERE revoked = 0 GROUP BY term;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER search_terms_uncounted AFTER DELETE ON search_terms
+  REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION search_terms_uncounted();
+CREATE FUNCTION search_terms_recounted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO search_term_deltas (term, delta)
+    SELECT term, sum(d) FROM (SELECT term, -1 AS d FROM old_rows WHERE revoked = 0
+                              UNION ALL SELECT term, 1 FROM new_rows WHERE revoked = 0) AS x
+    GROUP BY term HAVING sum(d) <> 0;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER search_terms_recounted AFTER UPDATE ON search_terms
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION search_terms_recounted();
 )sql",
 };
 
@@ -520,6 +566,36 @@ class PgStore final : public RegistryStore {
     return Run([](pg::Connection& c) { return c.SchemaVersion(); });
   }
 
+  // The group's calls commit one by one (PostgreSQL groups commits itself); then, at most about
+  // once per kFoldInterval across this process's threads, the search-count deltas are folded.
+  Result<void> RunBatch(const std::function<void()>& body) override {
+    body();
+    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    auto due = next_fold_.load();
+    if (now >= due && next_fold_.compare_exchange_strong(
+                          due, now + std::chrono::nanoseconds(kFoldInterval).count())) {
+      (void)FoldCounts();  // on failure the deltas wait for the next fold; totals stay exact
+    }
+    return {};
+  }
+
+  Result<void> FoldCounts() override {
+    // One statement, so one transaction: the deltas it deletes are the ones it adds. The
+    // advisory lock lets one fold run at a time across replicas (the others skip), so count
+    // rows are never updated in two orders at once.
+    auto rows = Run([](pg::Connection& c) {
+      return c.ExecPrepared(
+          "WITH lock AS (SELECT pg_try_advisory_xact_lock(7306251938640010531) AS got), "
+          "moved AS (DELETE FROM search_term_deltas WHERE (SELECT got FROM lock) "
+          "RETURNING term, delta), "
+          "sums AS (SELECT term, sum(delta)::bigint AS d FROM moved GROUP BY term) "
+          "INSERT INTO search_term_counts AS c (term, live) SELECT term, d FROM sums "
+          "ON CONFLICT (term) DO UPDATE SET live = c.live + EXCLUDED.live");
+    });
+    if (!rows) return std::unexpected(rows.error());
+    return {};
+  }
+
   Result<void> InsertAgent(const AgentRecord& a) override {
     // One statement (atomic on its own): the agent row, then its capability rows.
     const std::string caps = StringsJson(a.capabilities);
@@ -633,8 +709,36 @@ class PgStore final : public RegistryStore {
     return ScanSearch(f);
   }
 
-  // One range of search_terms_order, in result order (migration 3).
+  // One range of search_terms_order, in result order (migration 3); an unfiltered total is the
+  // term's count plus its pending deltas (migration 4).
   Result<SearchPage> TermSearch(const SearchFilter& f) {
+    const bool unfiltered = f.min_tier_rank <= 0 && !f.min_reputation && !f.status;
+    if (unfiltered) {
+      const std::string term = (f.prefix ? "^" : "=") + f.capability;
+      return Run([&](pg::Connection& c) -> Result<SearchPage> {
+        AMESH_TRY(total, Count(c.ExecPrepared(
+                             "SELECT (coalesce((SELECT live FROM search_term_counts WHERE term = "
+                             "$1), 0) + coalesce((SELECT sum(delta) FROM search_term_deltas "
+                             "WHERE term = $1), 0))::bigint",
+                             {term})));
+        SearchPage out;
+        out.total = total;
+        if (out.total <= f.offset) return out;
+        AMESH_TRY(rows,
+                  c.ExecPrepared(fmt::format("SELECT {} FROM search_terms t JOIN agents a ON "
+                                             "a.amid = t.amid WHERE t.term = $1 AND t.revoked = 0 "
+                                             "ORDER BY t.reputation_score DESC, t.last_seen DESC, "
+                                             "t.amid ASC LIMIT $2 OFFSET $3",
+                                             kAgentColumns),
+                                 {term, static_cast<std::int64_t>(f.limit),
+                                  static_cast<std::int64_t>(f.offset)}));
+        for (int r = 0; r < rows.size(); ++r) {
+          AMESH_TRY(agent, ReadAgent(rows, r));
+          out.agents.push_back(std::move(agent));
+        }
+        return out;
+      });
+    }
     Args args;
     std::string match = fmt::format(
         "t.term = {} AND t.revoked = 0 AND t.tier_rank >= {} AND t.reputation_score >= {}",
@@ -1193,7 +1297,10 @@ class PgStore final : public RegistryStore {
     return out;
   }
 
+  static constexpr std::chrono::milliseconds kFoldInterval{1000};
+
   std::unique_ptr<Pool> pool_;
+  std::atomic<std::int64_t> next_fold_{0};  // steady-clock ns
 };
 
 }  // namespace

@@ -494,3 +494,60 @@ TEST_CASE("store: database URLs are redacted for logs", "[registry][store]") {
   CHECK(RedactDatabaseUrl("sqlite:/var/lib/amesh-registry/registry.db") ==
         "sqlite:/var/lib/amesh-registry/registry.db");
 }
+
+TEST_CASE("store: search totals are exact before and after the counts are folded",
+          "[registry][store]") {
+  StoreDb db;
+  auto store = db.OpenMigrated();
+  // Pending count deltas (PostgreSQL migration 4); 0 on SQLite, whose counts are kept in place.
+  auto pending = [&]() -> std::int64_t {
+#if AMESH_TEST_HAVE_PG
+    if (db.state->backend() == Backend::kPostgres) {
+      auto conn = storage::pg::Connection::Connect(db.url());
+      REQUIRE(conn);
+      auto rows = conn->Exec("SELECT count(*) FROM search_term_deltas");
+      REQUIRE(rows);
+      return rows->Int(0, 0).value_or(-1);
+    }
+#endif
+    return 0;
+  };
+  auto totals = [&] {
+    return std::vector<std::uint64_t>{
+        MustSearch(*store, "x/a", false).total, MustSearch(*store, "x/", true).total,
+        MustSearch(*store, "", true).total,     MustSearch(*store, "y", false).total,
+        MustSearch(*store, "z", false).total,   MustSearch(*store, "x", true).total};
+  };
+  REQUIRE(store->InsertAgent(Agent("A1", {"x/a", "y"})));
+  REQUIRE(store->InsertAgent(Agent("A2", {"x/a"})));
+  REQUIRE(store->InsertAgent(Agent("A3", {"x/b"})));
+  const std::vector<std::uint64_t> three = {2, 3, 3, 1, 0, 3};
+  CHECK(totals() == three);
+  if (db.state->backend() == Backend::kPostgres) CHECK(pending() > 0);
+  REQUIRE(store->FoldCounts());
+  CHECK(pending() == 0);
+  CHECK(totals() == three);
+
+  // Revocation, a capability change and a presence update, each before and after a fold.
+  REQUIRE(store->InsertRevocation(RevocationRecord{"rev-a2", "A2", "r", "A2", 50, std::nullopt}));
+  const std::vector<std::uint64_t> revoked = {1, 2, 2, 1, 0, 2};
+  CHECK(totals() == revoked);
+  REQUIRE(store->ReplaceCapabilities("A1", std::vector<std::string>{"z"}, 60).value_or(false));
+  REQUIRE(store->UpdatePresence("A3", Presence::kOnline, 70).value_or(false));
+  const std::vector<std::uint64_t> replaced = {0, 1, 2, 0, 1, 1};
+  CHECK(totals() == replaced);
+  REQUIRE(store->FoldCounts());
+  REQUIRE(store->FoldCounts());  // nothing left to fold: no change
+  CHECK(pending() == 0);
+  CHECK(totals() == replaced);
+
+  // A filtered search counts its matches; it agrees with the unfiltered total where it must.
+  SearchFilter online;
+  online.capability = "";
+  online.prefix = true;
+  online.status = Presence::kOnline;
+  auto page = store->Search(online);
+  REQUIRE(page);
+  CHECK(page->total == 1);
+  CHECK(Amids(*page) == std::vector<std::string>{"A3"});
+}
