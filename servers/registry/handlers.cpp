@@ -12,6 +12,7 @@
 #include "agentmesh/core/certificate.hpp"
 #include "agentmesh/core/crypto.hpp"
 #include "agentmesh/core/encoding.hpp"
+#include "agentmesh/core/json_scan.hpp"
 #include "agentmesh/core/knock.hpp"
 #include "agentmesh/core/prekey.hpp"
 #include "agentmesh/core/registry_auth.hpp"
@@ -349,21 +350,58 @@ Http<Actor> LoadActor(Context& ctx, const Amid& amid, std::string_view field) {
 
 // ---- JSON views -------------------------------------------------------------------------------
 
-json AgentJson(const AgentRecord& a) {
-  return json{{"amid", a.amid},
-              {"tier", ToString(a.tier)},
-              {"display_name", OptJson(a.display_name)},
-              {"organization", OptJson(a.organization)},
-              {"signing_public_key", a.signing_public_key},
-              {"exchange_public_key", a.exchange_public_key},
-              {"capabilities", a.capabilities},
-              {"relay_endpoint", OptJson(a.relay_endpoint)},
-              {"direct_endpoint", OptJson(a.direct_endpoint)},
-              {"status", ToString(a.status)},
-              {"reputation_score", a.reputation_score},
-              {"last_seen", FormatRfc3339Z(a.last_seen)},
-              {"created_at", FormatRfc3339Z(a.created_at)},
-              {"revoked", a.revoked}};
+// The members of an agent in lookup and search answers, written as text: a search page holds up
+// to 100 agents, and building a JSON DOM for each was a large part of a search's cost. Text that
+// is not plain ASCII takes nlohmann's path, as Dump does (invalid UTF-8 becomes U+FFFD).
+void AppendText(std::string& out, std::string_view text) {
+  if (std::all_of(text.begin(), text.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+    AppendJsonString(out, text);
+  } else {
+    out += Dump(json(std::string(text)));
+  }
+}
+
+void AppendOptText(std::string& out, const std::optional<std::string>& text) {
+  if (text) {
+    AppendText(out, *text);
+  } else {
+    out += "null";
+  }
+}
+
+void AppendAgentMembers(std::string& out, const AgentRecord& a) {
+  out += "\"amid\":";
+  AppendText(out, a.amid);
+  out += ",\"tier\":";
+  AppendText(out, ToString(a.tier));
+  out += ",\"display_name\":";
+  AppendOptText(out, a.display_name);
+  out += ",\"organization\":";
+  AppendOptText(out, a.organization);
+  out += ",\"signing_public_key\":";
+  AppendText(out, a.signing_public_key);
+  out += ",\"exchange_public_key\":";
+  AppendText(out, a.exchange_public_key);
+  out += ",\"capabilities\":[";
+  for (std::size_t i = 0; i < a.capabilities.size(); ++i) {
+    if (i > 0) out += ',';
+    AppendText(out, a.capabilities[i]);
+  }
+  out += "],\"relay_endpoint\":";
+  AppendOptText(out, a.relay_endpoint);
+  out += ",\"direct_endpoint\":";
+  AppendOptText(out, a.direct_endpoint);
+  out += ",\"status\":";
+  AppendText(out, ToString(a.status));
+  out += ",\"reputation_score\":";
+  out += Dump(json(a.reputation_score));  // nlohmann's shortest round-trip form, "1.0" kept
+  out += ",\"last_seen\":";
+  AppendText(out, FormatRfc3339Z(a.last_seen));
+  out += ",\"created_at\":";
+  AppendText(out, FormatRfc3339Z(a.created_at));
+  out += ",\"revoked\":";
+  out += a.revoked ? "true" : "false";
 }
 
 json RevocationJson(const RevocationRecord& r) {
@@ -546,16 +584,21 @@ net::HttpResponse HandleLookup(Context& ctx, const Request& r) {
   HTTP_TRY(summary, Stored(ctx, ctx.store->LookupAgent(amid.str())));
   if (!summary) return JsonError(404, "Agent not found");
   const AgentRecord& agent = summary->agent;
-  json out = AgentJson(agent);
-  out["ratings_count"] = summary->ratings;
-  out["reputation_status"] = summary->ratings >= kLeaderboardMinFeedback ? "rated" : "unrated";
-  out["one_time_prekeys_remaining"] = summary->one_time_prekeys;
-  out["revocation"] = nullptr;
+  std::string body = "{";
+  AppendAgentMembers(body, agent);
+  body += fmt::format(
+      ",\"ratings_count\":{},\"reputation_status\":\"{}\",\"one_time_prekeys_remaining\":{},"
+      "\"revocation\":",
+      summary->ratings, summary->ratings >= kLeaderboardMinFeedback ? "rated" : "unrated",
+      summary->one_time_prekeys);
+  std::optional<RevocationRecord> revocation;
   if (agent.revoked) {
-    HTTP_TRY(revocation, Stored(ctx, ctx.store->GetRevocation(agent.amid)));
-    if (revocation) out["revocation"] = RevocationJson(*revocation);
+    HTTP_TRY(found, Stored(ctx, ctx.store->GetRevocation(agent.amid)));
+    revocation = std::move(found);
   }
-  return Reply(200, out);
+  body += revocation ? Dump(RevocationJson(*revocation)) : "null";
+  body += '}';
+  return net::HttpResponse::Json(200, std::move(body));
 }
 
 net::HttpResponse HandleSearch(Context& ctx, const Request& r) {
@@ -611,12 +654,15 @@ net::HttpResponse HandleSearch(Context& ctx, const Request& r) {
   filter.limit = limit;
   filter.offset = offset;
   HTTP_TRY(page, Stored(ctx, ctx.store->Search(filter)));
-  json results = json::array();
-  for (const auto& agent : page.agents) results.push_back(AgentJson(agent));
-  return Reply(200, {{"results", std::move(results)},
-                     {"total", page.total},
-                     {"limit", limit},
-                     {"offset", offset}});
+  std::string body = "{\"results\":[";
+  body.reserve(64 + page.agents.size() * 512);
+  for (std::size_t i = 0; i < page.agents.size(); ++i) {
+    body += i == 0 ? "{" : ",{";
+    AppendAgentMembers(body, page.agents[i]);
+    body += '}';
+  }
+  body += fmt::format("],\"total\":{},\"limit\":{},\"offset\":{}}}", page.total, limit, offset);
+  return net::HttpResponse::Json(200, std::move(body));
 }
 
 net::HttpResponse HandleStatus(Context& ctx, const Request& r) {

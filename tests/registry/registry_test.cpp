@@ -679,6 +679,29 @@ TEST_CASE("registry: bad input gets a JSON error and changes nothing", "[registr
   auto cl = reg->Lookup(c.amid).Json();
   CHECK(cl["display_name"] == evil);
   CHECK(cl["relay_endpoint"] == evil);
+  // Lookup and search answers are written as text: quotes, backslashes and non-ASCII text come
+  // back exactly, and a search result is the lookup answer without its lookup-only members.
+  const std::string mixed = "caf\u00e9 \\ \"q\" \xF0\x9F\x98\x80 /end";
+  TestAgent d(4);
+  json dbody = {{"amid", d.amid},
+                {"signing_public_key", FormatEd25519Key(d.signing.public_key)},
+                {"exchange_public_key", FormatX25519Key(d.exchange.public_key)},
+                {"display_name", mixed},
+                {"capabilities", {"text/escapes", "text/caf\u00e9"}}};
+  REQUIRE(reg->Post(path, d.Sign(path, dbody)).status == 201);
+  json dl = reg->Lookup(d.amid).Json();
+  CHECK(dl["display_name"] == mixed);
+  CHECK(dl["capabilities"] == json::array({"text/escapes", "text/caf\u00e9"}));
+  CHECK(dl["relay_endpoint"].is_null());
+  CHECK(dl["revocation"].is_null());
+  CHECK(dl["one_time_prekeys_remaining"] == 0);
+  json found = reg->Search("capability=" + UrlEncode("text/caf\u00e9")).Json();
+  REQUIRE(found["results"].size() == 1);
+  for (const char* lookup_only :
+       {"ratings_count", "reputation_status", "one_time_prekeys_remaining", "revocation"}) {
+    CHECK(dl.erase(lookup_only) == 1);
+  }
+  CHECK(found["results"][0] == dl);
   CHECK(reg->Search("capability=" + UrlEncode(evil.substr(0, 16))).Json()["total"] == 1);
   CHECK(reg->Search("capability=" + UrlEncode(evil)).Json()["total"] == 0);
   CHECK(reg->Search("capability=" + UrlEncode("x/*")).Json()["total"] == 1);
@@ -696,7 +719,7 @@ TEST_CASE("registry: bad input gets a JSON error and changes nothing", "[registr
                                         {"session_id", evil},
                                         {"score", 0.1}}))
             .status == 409);
-  CHECK(reg->Get("/v1/registry/stats").Json()["total_agents"] == 2);
+  CHECK(reg->Get("/v1/registry/stats").Json()["total_agents"] == 3);
 
   // Wrong types in other routes.
   CHECK(reg->Post("/v1/registry/status",
