@@ -175,6 +175,11 @@ class Daemon {
   std::size_t ActiveSessionCount() const;
   nlohmann::json SessionToJson(const SessionRow& row) const;
   Result<nlohmann::json> MessageToJson(const InboxRow& row);
+  // The `recv` result {"messages":[…]} for `rows` as JSON text (the members MessageToJson has,
+  // the stored payload text inserted as it is: it was written by Deliver and is authenticated by
+  // its seal), and marks the rows consumed in the current batch. A row that cannot be opened is
+  // consumed and left out, as before.
+  std::string TakeMessages(const std::vector<InboxRow>& rows);
   void OnRelayMessage(const IncomingMessage& message);
   // One relay message, without serving waiters afterwards (OnRelayMessage does both).
   void HandleIncoming(const IncomingMessage& message);

@@ -493,16 +493,7 @@ void Recv(Daemon& d, const json& p, Responder reply) {
   if (max == 0) return reply(BadParam("limit", "must be at least 1"));
   auto rows = d.store_->SelectInbox(*sid, *from, std::nullopt, max);
   if (!rows) return reply(RpcFail(rows.error()));
-  if (!rows->empty() || timeout->value_or(0) == 0) {
-    json messages = json::array();
-    if (!rows->empty()) d.Batch();
-    for (const auto& r : *rows) {
-      auto m = d.MessageToJson(r);
-      if (m) messages.push_back(std::move(*m));
-      (void)d.store_->ConsumeInbox(r.seq);
-    }
-    return reply(json{{"messages", std::move(messages)}});
-  }
+  if (!rows->empty() || timeout->value_or(0) == 0) return reply.Text(d.TakeMessages(*rows));
   const std::uint64_t id = d.next_wait_id_++;
   Daemon::RecvWait w;
   w.reply = reply;

@@ -111,6 +111,11 @@ void Responder::operator()(RpcResult result) const {
   server_->Complete(conn_, slot_, std::move(result));
 }
 
+void Responder::Text(std::string result_json) const {
+  if (server_ == nullptr || notification_) return;
+  server_->CompleteText(conn_, slot_, std::move(result_json));
+}
+
 RpcServer::RpcServer(uv_loop_t* loop, Dispatch dispatch, std::function<void(ConnId)> on_close,
                      std::function<void()> on_output)
     : loop_(loop),
@@ -306,24 +311,31 @@ void RpcServer::HandleLine(Conn& conn, std::string_view line) {
   dispatch_(Responder(this, cid, slot, false), name, params);
 }
 
-void RpcServer::Complete(ConnId conn_id, std::uint64_t slot, RpcResult result) {
+void RpcServer::CompleteText(ConnId conn_id, std::uint64_t slot, std::string result_json) {
   auto it = conns_.find(conn_id);
   if (it == conns_.end()) return;
   Conn& conn = *it->second;
   if (slot < conn.first_slot || slot >= conn.next_slot) return;
   auto& entry = conn.slots[slot - conn.first_slot];
   if (entry.filled) return;
-  if (result) {
-    // The success answer written directly: the same bytes as dumping
-    // {"id":…,"jsonrpc":"2.0","result":…} (nlohmann sorts members), without building that object.
-    std::string text = R"({"id":)";
-    text += DumpJson(entry.id);
-    text += R"(,"jsonrpc":"2.0","result":)";
-    text += DumpJson(*result);
-    text += '}';
-    Fill(conn, slot, std::move(text));
-    return;
-  }
+  // The success answer written directly: the same bytes as dumping
+  // {"id":…,"jsonrpc":"2.0","result":…} (nlohmann sorts members), without building that object.
+  std::string text = R"({"id":)";
+  text += DumpJson(entry.id);
+  text += R"(,"jsonrpc":"2.0","result":)";
+  text += result_json;
+  text += '}';
+  Fill(conn, slot, std::move(text));
+}
+
+void RpcServer::Complete(ConnId conn_id, std::uint64_t slot, RpcResult result) {
+  if (result) return CompleteText(conn_id, slot, DumpJson(*result));
+  auto it = conns_.find(conn_id);
+  if (it == conns_.end()) return;
+  Conn& conn = *it->second;
+  if (slot < conn.first_slot || slot >= conn.next_slot) return;
+  auto& entry = conn.slots[slot - conn.first_slot];
+  if (entry.filled) return;
   nlohmann::json out = {{"jsonrpc", "2.0"}, {"id", std::move(entry.id)}};
   {
     RpcError& e = result.error();

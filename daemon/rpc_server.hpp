@@ -68,6 +68,9 @@ class Responder {
   Responder(RpcServer* server, ConnId conn, std::uint64_t slot, bool notification)
       : server_(server), conn_(conn), slot_(slot), notification_(notification) {}
   void operator()(RpcResult result) const;
+  // Answers with a result already serialised: `result_json` must be one JSON value (the caller
+  // wrote it; it is not parsed again).
+  void Text(std::string result_json) const;
   ConnId conn() const noexcept { return conn_; }
 
  private:
@@ -102,6 +105,7 @@ class RpcServer {
 
   // Internal, for Responder.
   void Complete(ConnId conn, std::uint64_t slot, RpcResult result);
+  void CompleteText(ConnId conn, std::uint64_t slot, std::string result_json);
 
   struct Conn;
 

@@ -2,9 +2,11 @@
 // ACCEPT/REJECT, envelopes with constraints, in-order delivery to the inbox, the outbox.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <variant>
 
 #include "agentmesh/core/encoding.hpp"
+#include "agentmesh/core/json_scan.hpp"
 #include "daemon.hpp"
 #include "util.hpp"
 
@@ -126,6 +128,54 @@ Result<nlohmann::json> Daemon::MessageToJson(const InboxRow& row) {
       {"timestamp", row.timestamp},
       {"payload", std::move(payload)},
       {"received_at", FormatRfc3339Z(row.received_at / kNanosPerMilli * kNanosPerMilli)}};
+}
+
+namespace {
+
+void AppendText(std::string& out, std::string_view text) {
+  if (std::all_of(text.begin(), text.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+    AppendJsonString(out, text);
+  } else {
+    out += DumpJson(nlohmann::json(std::string(text)));
+  }
+}
+
+}  // namespace
+
+std::string Daemon::TakeMessages(const std::vector<InboxRow>& rows) {
+  std::string out = R"({"messages":[)";
+  if (!rows.empty()) Batch();
+  bool first = true;
+  for (const auto& row : rows) {
+    (void)store_->ConsumeInbox(row.seq);
+    auto plain = OpenBlob(InboxAd(row.session_id, row.sequence), row.payload_sealed);
+    if (!plain || plain->size() == 0) continue;
+    // Members in nlohmann's (sorted) order: the same bytes MessageToJson + DumpJson give.
+    out += first ? "{" : ",{";
+    first = false;
+    out += R"("from":)";
+    AppendText(out, row.from);
+    out += R"(,"id":)";
+    AppendText(out, row.relay_id);
+    out += R"(,"payload":)";
+    out.append(reinterpret_cast<const char*>(plain->Expose().data()), plain->size());
+    out += R"(,"received_at":)";
+    AppendText(out, FormatRfc3339Z(row.received_at / kNanosPerMilli * kNanosPerMilli));
+    out += R"(,"sequence":)";
+    out += std::to_string(row.sequence);
+    out += R"(,"session_id":)";
+    AppendText(out, row.session_id);
+    out += R"(,"timestamp":)";
+    AppendText(out, row.timestamp);
+    out += R"(,"to":)";
+    AppendText(out, row.to);
+    out += R"(,"type":)";
+    AppendText(out, row.type);
+    out += '}';
+  }
+  out += "]}";
+  return out;
 }
 
 // ---- Outbox -----------------------------------------------------------------------------------
@@ -1151,15 +1201,8 @@ void Daemon::ServeWaitersNow() {
       ++it;
       continue;
     }
-    nlohmann::json messages = nlohmann::json::array();
-    Batch();
-    for (const auto& r : *rows) {
-      auto message = MessageToJson(r);
-      if (message) messages.push_back(std::move(*message));
-      (void)store_->ConsumeInbox(r.seq);
-    }
     timers_.Cancel(w.timer);
-    w.reply(nlohmann::json{{"messages", std::move(messages)}});
+    w.reply.Text(TakeMessages(*rows));
     it = recv_waits_.erase(it);
   }
 }

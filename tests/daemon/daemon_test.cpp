@@ -428,6 +428,8 @@ TEST_CASE("daemon: knock accepted then request and response", "[daemon]") {
   CHECK(m["sequence"] == 1);
   CHECK(m["payload"]["question"] == "TLV to LHR?");
   CHECK(m["from"] == Amid(a));
+  // recv writes its messages as text; the event built them as JSON: the same object.
+  CHECK(m == (*event)["message"]);
   // recv removed it from the inbox.
   CHECK(b.rpc.Call("recv", json::object())["messages"].empty());
 
