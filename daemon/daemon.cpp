@@ -137,6 +137,7 @@ Daemon::Daemon(uv_loop_t* loop, DaemonOptions options)
     : loop_(loop), options_(std::move(options)), timers_(loop) {}
 
 Daemon::~Daemon() {
+  FlushAudit();
   if (audit_fd_ >= 0) ::close(audit_fd_);
 }
 
@@ -530,6 +531,7 @@ void Daemon::OnCheck() {
       }
     }
   }
+  FlushAudit();  // after the commit: the log records what was committed
   if (rpc_) rpc_->Flush();
   if (idle_ != nullptr && !store_->in_batch() && after_commit_.empty() && !serve_waiters_ &&
       (!rpc_ || !rpc_->has_output())) {
@@ -566,13 +568,27 @@ void Daemon::Audit(std::string_view event, nlohmann::json fields) {
   if (!fields.is_object()) fields = nlohmann::json::object();
   nlohmann::json record = {{"time", FormatRfc3339Z(Now())}, {"event", event}};
   for (auto& [k, v] : fields.items()) record[k] = v;
-  const std::string line = DumpJson(record) + "\n";
   if (audit_fd_ >= 0) {
-    if (::write(audit_fd_, line.data(), line.size()) < 0) {
-      LogWarn(fmt::format("audit log write failed: {}", std::strerror(errno)));
-    }
+    audit_pending_ += DumpJson(record);
+    audit_pending_ += '\n';
+    WakeCheck();
   }
   Emit("audit", "record", std::move(record));
+}
+
+void Daemon::FlushAudit() {
+  std::size_t done = 0;
+  while (audit_fd_ >= 0 && done < audit_pending_.size()) {
+    const ssize_t n =
+        ::write(audit_fd_, audit_pending_.data() + done, audit_pending_.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      LogWarn(fmt::format("audit log write failed: {}", std::strerror(errno)));
+      break;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  audit_pending_.clear();
 }
 
 // ---- Identity and prekeys ---------------------------------------------------------------------

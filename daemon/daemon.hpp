@@ -126,8 +126,14 @@ class Daemon {
   // payload is always nested under its named key (`message`, `session`, `record`, …), so a
   // payload's own members (a message's or audit record's `type`) never collide with the event's.
   void Emit(std::string_view type, std::string_view key, nlohmann::json payload);
-  // The audit log (one JSON object per line), also emitted as an `audit` event {record}.
+  // False when no event would go anywhere: callers on hot paths skip building the payload.
+  bool has_subscribers() const noexcept { return !subscriptions_.empty() && rpc_ != nullptr; }
+  // The audit log (one JSON object per line), also emitted as an `audit` event {record}. The
+  // line is written at the end of the loop turn (after the turn's commit, before its RPC answers
+  // go out, one write for the turn).
   void Audit(std::string_view event, nlohmann::json fields);
+  // Writes the audit records not written yet (end of a turn, shutdown, the `audit` method).
+  void FlushAudit();
 
   // Method dispatch (the sorted method table lives in methods.cpp).
   void Dispatch(Responder reply, const std::string& method, const nlohmann::json& params);
@@ -258,6 +264,7 @@ class Daemon {
   std::vector<std::function<void()>> after_commit_;
   bool serve_waiters_ = false;  // ServeWaiters() was called this turn
   int audit_fd_ = -1;
+  std::string audit_pending_;  // records of this turn, not yet written
 
   std::unordered_map<std::string, std::unique_ptr<LiveSession>> sessions_;
 

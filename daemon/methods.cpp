@@ -183,6 +183,7 @@ void AuditMethod(Daemon& d, const json& p, Responder reply) {
   auto limit = OptUint(p, "limit", 10000);
   if (!limit) return reply(std::unexpected(limit.error()));
   const std::size_t max = limit->value_or(100);
+  d.FlushAudit();  // this turn's records too
   std::ifstream in(d.options_.home / "logs" / "audit.jsonl");
   std::deque<json> events;
   std::string line;

@@ -450,16 +450,18 @@ void Deliver(Daemon& d, LiveSession& s, const Envelope& env, const std::string& 
                                {"peer", row.from},
                                {"sequence", row.sequence},
                                {"type", type}});
-  d.Emit("message.received", "message",
-         {{"id", row.relay_id},
-          {"session_id", row.session_id},
-          {"from", row.from},
-          {"to", row.to},
-          {"sequence", row.sequence},
-          {"type", type},
-          {"timestamp", row.timestamp},
-          {"payload", env.payload},
-          {"received_at", FormatRfc3339Z(now / kNanosPerMilli * kNanosPerMilli)}});
+  if (d.has_subscribers()) {
+    d.Emit("message.received", "message",
+           {{"id", row.relay_id},
+            {"session_id", row.session_id},
+            {"from", row.from},
+            {"to", row.to},
+            {"sequence", row.sequence},
+            {"type", type},
+            {"timestamp", row.timestamp},
+            {"payload", env.payload},
+            {"received_at", FormatRfc3339Z(now / kNanosPerMilli * kNanosPerMilli)}});
+  }
   if (s.row.type == "request_response" && s.row.role == "initiator" &&
       (env.type == EnvelopeType::kResponse || env.type == EnvelopeType::kError)) {
     d.EndSession(s, "closed", "completed", false);
@@ -1096,8 +1098,10 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
             fmt::format("the relay refused the message ({})", delivery.substr(8)), "payload")));
         return;
       }
-      Emit("delivery.status", "delivery",
-           {{"session_id", session_id}, {"sequence", sequence}, {"delivery", delivery}});
+      if (has_subscribers()) {
+        Emit("delivery.status", "delivery",
+             {{"session_id", session_id}, {"sequence", sequence}, {"delivery", delivery}});
+      }
       done(nlohmann::json{
           {"session_id", session_id}, {"sequence", sequence}, {"delivery", delivery}});
     };
