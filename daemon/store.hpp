@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -34,6 +35,7 @@
 
 #include "agentmesh/core/bytes.hpp"
 #include "agentmesh/core/error.hpp"
+#include "agentmesh/storage/checkpointer.hpp"
 #include "agentmesh/storage/sqlite.hpp"
 
 namespace agentmesh::daemon {
@@ -179,6 +181,7 @@ class Store {
   Result<storage::Statement*> Stmt(std::string_view sql);
 
   storage::Database db_;
+  std::unique_ptr<storage::Checkpointer> checkpointer_;  // after db_: destroyed before it
   bool in_batch_ = false;
   // Prepared statements, kept for the life of the Store (prepared once per SQL text), and an
   // index by the address of the caller's SQL text (see Stmt()).
