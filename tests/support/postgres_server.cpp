@@ -113,7 +113,7 @@ bool TestPostgres::RunToCompletion(const std::vector<std::string>& argv, const s
   return true;
 }
 
-bool TestPostgres::Start() {
+bool TestPostgres::Start(const std::vector<std::string>& settings) {
   if (!Available()) return false;
   if (running()) return true;
   if (!IsExecutable("/usr/bin/setpriv")) {
@@ -180,7 +180,9 @@ bool TestPostgres::Start() {
                                            "shared_buffers=16MB",
                                            "-c",
                                            "logging_collector=off"};
-    if (!server_.Start(AsServerUser(argv), log)) {
+    std::vector<std::string> full = argv;
+    for (const auto& setting : settings) full.insert(full.end(), {"-c", setting});
+    if (!server_.Start(AsServerUser(full), log)) {
       reason_ = "cannot start postgres";
       return false;
     }

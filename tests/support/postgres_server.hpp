@@ -56,7 +56,9 @@ class TestPostgres {
   static TestPostgres& Shared();
 
   // initdb + start + wait until it accepts (up to 60 s). True when the server is ready.
-  bool Start();
+  // `settings`: extra "name=value" server settings, after (and so overriding) the test defaults,
+  // e.g. a benchmark's shared_buffers.
+  bool Start(const std::vector<std::string>& settings = {});
   // Creates an empty database with a fresh name and returns its conninfo(); empty (reason() set)
   // when the server is not running or the CREATE DATABASE fails.
   std::string NewDatabase();
