@@ -311,13 +311,19 @@ void RpcServer::HandleLine(Conn& conn, std::string_view line) {
   dispatch_(Responder(this, cid, slot, false), name, params);
 }
 
-void RpcServer::CompleteText(ConnId conn_id, std::uint64_t slot, std::string result_json) {
+RpcServer::Conn* RpcServer::OpenSlot(ConnId conn_id, std::uint64_t slot) {
   auto it = conns_.find(conn_id);
-  if (it == conns_.end()) return;
+  if (it == conns_.end()) return nullptr;
   Conn& conn = *it->second;
-  if (slot < conn.first_slot || slot >= conn.next_slot) return;
+  if (slot < conn.first_slot || slot >= conn.next_slot) return nullptr;
+  return conn.slots[slot - conn.first_slot].filled ? nullptr : &conn;
+}
+
+void RpcServer::CompleteText(ConnId conn_id, std::uint64_t slot, std::string result_json) {
+  Conn* open = OpenSlot(conn_id, slot);
+  if (open == nullptr) return;
+  Conn& conn = *open;
   auto& entry = conn.slots[slot - conn.first_slot];
-  if (entry.filled) return;
   // The success answer written directly: the same bytes as dumping
   // {"id":…,"jsonrpc":"2.0","result":…} (nlohmann sorts members), without building that object.
   std::string text = R"({"id":)";
@@ -330,12 +336,10 @@ void RpcServer::CompleteText(ConnId conn_id, std::uint64_t slot, std::string res
 
 void RpcServer::Complete(ConnId conn_id, std::uint64_t slot, RpcResult result) {
   if (result) return CompleteText(conn_id, slot, DumpJson(*result));
-  auto it = conns_.find(conn_id);
-  if (it == conns_.end()) return;
-  Conn& conn = *it->second;
-  if (slot < conn.first_slot || slot >= conn.next_slot) return;
+  Conn* open = OpenSlot(conn_id, slot);
+  if (open == nullptr) return;
+  Conn& conn = *open;
   auto& entry = conn.slots[slot - conn.first_slot];
-  if (entry.filled) return;
   nlohmann::json out = {{"jsonrpc", "2.0"}, {"id", std::move(entry.id)}};
   {
     RpcError& e = result.error();

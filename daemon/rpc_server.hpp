@@ -110,6 +110,8 @@ class RpcServer {
   struct Conn;
 
  private:
+  // The connection whose answer `slot` is still to be written, or nullptr (gone, or answered).
+  Conn* OpenSlot(ConnId conn, std::uint64_t slot);
   void OnConnection(int status);
   void OnRead(Conn& conn, ssize_t nread, const uv_buf_t* buf);
   void HandleLine(Conn& conn, std::string_view line);

@@ -47,24 +47,30 @@ std::int64_t CountRows(const std::string& path) {
 // The main database file only grows when a checkpoint copies pages into it.
 std::uintmax_t MainFileSize(const std::string& path) { return std::filesystem::file_size(path); }
 
+// A database with an empty `items` table, its WAL copied back and truncated.
+Database EmptyDatabase(const std::string& path) {
+  auto writer = Database::Open(path);
+  REQUIRE(writer);
+  REQUIRE(writer->Exec("CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"));
+  REQUIRE(writer->Exec("PRAGMA wal_checkpoint(TRUNCATE)"));
+  return std::move(*writer);
+}
+
 }  // namespace
 
 TEST_CASE("the checkpointer thread copies the WAL into the database off the writer's commits",
           "[sqlite][checkpointer]") {
   TempDir dir;
   const std::string path = (dir.path / "c.db").string();
-  auto writer = Database::Open(path);
-  REQUIRE(writer);
-  REQUIRE(writer->Exec("CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"));
-  REQUIRE(writer->Exec("PRAGMA wal_checkpoint(TRUNCATE)"));
+  Database writer = EmptyDatabase(path);
   const auto empty_size = MainFileSize(path);
 
   CheckpointerOptions options;
   options.background_pages = 50;
   options.inline_pages = 1'000'000;  // never: every checkpoint here is the thread's
-  auto checkpointer = Checkpointer::Start(*writer, path, OpenOptions{}, options);
+  auto checkpointer = Checkpointer::Start(writer, path, OpenOptions{}, options);
   REQUIRE(checkpointer);
-  WriteRows(*writer, 0, 200);
+  WriteRows(writer, 0, 200);
   // Only the thread can grow the main file here (no inline bound, no automatic checkpoint). How
   // much a PASSIVE checkpoint copies depends on where the writer was when it ran, so wait for
   // the thread to have copied something.
@@ -75,27 +81,24 @@ TEST_CASE("the checkpointer thread copies the WAL into the database off the writ
   }
   CHECK((*checkpointer)->background_runs() > 0);
   CHECK(MainFileSize(path) > empty_size);
-  WriteRows(*writer, 200, 100);  // the writer goes on while the thread may be checkpointing
-  checkpointer->reset();         // stops and joins the thread, removes the hook
-  WriteRows(*writer, 300, 10);   // commits after it is gone do not touch it
+  WriteRows(writer, 200, 100);  // the writer goes on while the thread may be checkpointing
+  checkpointer->reset();        // stops and joins the thread, removes the hook
+  WriteRows(writer, 300, 10);   // commits after it is gone do not touch it
   CHECK(CountRows(path) == 310);
 }
 
 TEST_CASE("a commit checkpoints inline when the WAL reaches the bound", "[sqlite][checkpointer]") {
   TempDir dir;
   const std::string path = (dir.path / "c.db").string();
-  auto writer = Database::Open(path);
-  REQUIRE(writer);
-  REQUIRE(writer->Exec("CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"));
-  REQUIRE(writer->Exec("PRAGMA wal_checkpoint(TRUNCATE)"));
+  Database writer = EmptyDatabase(path);
   const auto empty_size = MainFileSize(path);
 
   CheckpointerOptions options;
   options.background_pages = 1'000'000;  // the thread is never woken
   options.inline_pages = 50;
-  auto checkpointer = Checkpointer::Start(*writer, path, OpenOptions{}, options);
+  auto checkpointer = Checkpointer::Start(writer, path, OpenOptions{}, options);
   REQUIRE(checkpointer);
-  WriteRows(*writer, 0, 200);
+  WriteRows(writer, 0, 200);
   CHECK((*checkpointer)->background_runs() == 0);
   CHECK(MainFileSize(path) > empty_size + 50 * 4096);
   // The WAL was restarted after an inline checkpoint: it holds far fewer than 200 rows' frames.
