@@ -2,7 +2,6 @@
 // ACCEPT/REJECT, envelopes with constraints, in-order delivery to the inbox, the outbox.
 #include <fmt/format.h>
 
-#include <algorithm>
 #include <variant>
 
 #include "agentmesh/core/encoding.hpp"
@@ -130,19 +129,6 @@ Result<nlohmann::json> Daemon::MessageToJson(const InboxRow& row) {
       {"received_at", FormatRfc3339Z(row.received_at / kNanosPerMilli * kNanosPerMilli)}};
 }
 
-namespace {
-
-void AppendText(std::string& out, std::string_view text) {
-  if (std::all_of(text.begin(), text.end(),
-                  [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
-    AppendJsonString(out, text);
-  } else {
-    out += DumpJson(nlohmann::json(std::string(text)));
-  }
-}
-
-}  // namespace
-
 std::string Daemon::TakeMessages(const std::vector<InboxRow>& rows) {
   std::string out = R"({"messages":[)";
   if (!rows.empty()) Batch();
@@ -155,23 +141,23 @@ std::string Daemon::TakeMessages(const std::vector<InboxRow>& rows) {
     out += first ? "{" : ",{";
     first = false;
     out += R"("from":)";
-    AppendText(out, row.from);
+    AppendJsonText(out, row.from);
     out += R"(,"id":)";
-    AppendText(out, row.relay_id);
+    AppendJsonText(out, row.relay_id);
     out += R"(,"payload":)";
     out.append(reinterpret_cast<const char*>(plain->Expose().data()), plain->size());
     out += R"(,"received_at":)";
-    AppendText(out, FormatRfc3339Z(row.received_at / kNanosPerMilli * kNanosPerMilli));
+    AppendJsonText(out, FormatRfc3339Z(row.received_at / kNanosPerMilli * kNanosPerMilli));
     out += R"(,"sequence":)";
     out += std::to_string(row.sequence);
     out += R"(,"session_id":)";
-    AppendText(out, row.session_id);
+    AppendJsonText(out, row.session_id);
     out += R"(,"timestamp":)";
-    AppendText(out, row.timestamp);
+    AppendJsonText(out, row.timestamp);
     out += R"(,"to":)";
-    AppendText(out, row.to);
+    AppendJsonText(out, row.to);
     out += R"(,"type":)";
-    AppendText(out, row.type);
+    AppendJsonText(out, row.type);
     out += '}';
   }
   out += "]}";

@@ -7,6 +7,32 @@
 namespace agentmesh {
 namespace {
 
+// The length of the well-formed UTF-8 sequence (of a code point >= 0x80) starting at `pos`, or 0
+// when the bytes there are not one (overlong, surrogate, above U+10FFFF, truncated).
+std::size_t Utf8SequenceLength(std::string_view text, std::size_t pos) {
+  const auto b0 = static_cast<unsigned char>(text[pos]);
+  std::size_t len = 0;
+  unsigned min = 0;
+  unsigned cp = 0;
+  if (b0 >= 0xC2 && b0 <= 0xDF) {
+    len = 2, min = 0x80, cp = b0 & 0x1F;
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    len = 3, min = 0x800, cp = b0 & 0x0F;
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    len = 4, min = 0x10000, cp = b0 & 0x07;
+  } else {
+    return 0;
+  }
+  if (pos + len > text.size()) return 0;
+  for (std::size_t i = 1; i < len; ++i) {
+    const auto b = static_cast<unsigned char>(text[pos + i]);
+    if ((b & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b & 0x3F);
+  }
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return len;
+}
+
 class Scanner {
  public:
   Scanner(std::string_view text, const ScanLimits& limits) : text_(text), limits_(limits) {}
@@ -166,28 +192,8 @@ class Scanner {
 
   // Validates one UTF-8 sequence starting at pos_ (a byte >= 0x80).
   bool Utf8() {
-    const auto b0 = static_cast<unsigned char>(text_[pos_]);
-    std::size_t len = 0;
-    unsigned min = 0;
-    unsigned cp = 0;
-    if (b0 >= 0xC2 && b0 <= 0xDF) {
-      len = 2, min = 0x80, cp = b0 & 0x1F;
-    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-      len = 3, min = 0x800, cp = b0 & 0x0F;
-    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-      len = 4, min = 0x10000, cp = b0 & 0x07;
-    } else {
-      return SetError(Code::kInvalidArgument, "invalid UTF-8");
-    }
-    if (pos_ + len > text_.size()) return SetError(Code::kInvalidArgument, "truncated UTF-8");
-    for (std::size_t i = 1; i < len; ++i) {
-      const auto b = static_cast<unsigned char>(text_[pos_ + i]);
-      if ((b & 0xC0) != 0x80) return SetError(Code::kInvalidArgument, "invalid UTF-8");
-      cp = (cp << 6) | (b & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return SetError(Code::kInvalidArgument, "invalid UTF-8");
-    }
+    const std::size_t len = Utf8SequenceLength(text_, pos_);
+    if (len == 0) return SetError(Code::kInvalidArgument, "invalid UTF-8");
     pos_ += len;
     return true;
   }
@@ -628,6 +634,34 @@ void AppendJsonString(std::string& out, std::string_view value) {
   }
   out.append(value.data() + plain_from, value.size() - plain_from);
   out += '"';
+}
+
+void AppendJsonText(std::string& out, std::string_view value) {
+  std::size_t i = 0;
+  while (i < value.size()) {
+    if (static_cast<unsigned char>(value[i]) < 0x80) {
+      ++i;
+    } else if (const std::size_t len = Utf8SequenceLength(value, i); len > 0) {
+      i += len;
+    } else {
+      break;
+    }
+  }
+  if (i == value.size()) return AppendJsonString(out, value);
+  std::string repaired;
+  repaired.reserve(value.size() + 8);
+  for (i = 0; i < value.size();) {
+    if (static_cast<unsigned char>(value[i]) < 0x80) {
+      repaired += value[i++];
+    } else if (const std::size_t len = Utf8SequenceLength(value, i); len > 0) {
+      repaired.append(value.substr(i, len));
+      i += len;
+    } else {
+      repaired += "\xEF\xBF\xBD";  // U+FFFD for the byte that starts no valid sequence
+      ++i;
+    }
+  }
+  AppendJsonString(out, repaired);
 }
 
 }  // namespace agentmesh

@@ -351,20 +351,10 @@ Http<Actor> LoadActor(Context& ctx, const Amid& amid, std::string_view field) {
 // ---- JSON views -------------------------------------------------------------------------------
 
 // The members of an agent in lookup and search answers, written as text: a search page holds up
-// to 100 agents, and building a JSON DOM for each was a large part of a search's cost. Text that
-// is not plain ASCII takes nlohmann's path, as Dump does (invalid UTF-8 becomes U+FFFD).
-void AppendText(std::string& out, std::string_view text) {
-  if (std::all_of(text.begin(), text.end(),
-                  [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
-    AppendJsonString(out, text);
-  } else {
-    out += Dump(json(std::string(text)));
-  }
-}
-
+// to 100 agents, and building a JSON DOM for each was a large part of a search's cost.
 void AppendOptText(std::string& out, const std::optional<std::string>& text) {
   if (text) {
-    AppendText(out, *text);
+    AppendJsonText(out, *text);
   } else {
     out += "null";
   }
@@ -372,34 +362,34 @@ void AppendOptText(std::string& out, const std::optional<std::string>& text) {
 
 void AppendAgentMembers(std::string& out, const AgentRecord& a) {
   out += "\"amid\":";
-  AppendText(out, a.amid);
+  AppendJsonText(out, a.amid);
   out += ",\"tier\":";
-  AppendText(out, ToString(a.tier));
+  AppendJsonText(out, ToString(a.tier));
   out += ",\"display_name\":";
   AppendOptText(out, a.display_name);
   out += ",\"organization\":";
   AppendOptText(out, a.organization);
   out += ",\"signing_public_key\":";
-  AppendText(out, a.signing_public_key);
+  AppendJsonText(out, a.signing_public_key);
   out += ",\"exchange_public_key\":";
-  AppendText(out, a.exchange_public_key);
+  AppendJsonText(out, a.exchange_public_key);
   out += ",\"capabilities\":[";
   for (std::size_t i = 0; i < a.capabilities.size(); ++i) {
     if (i > 0) out += ',';
-    AppendText(out, a.capabilities[i]);
+    AppendJsonText(out, a.capabilities[i]);
   }
   out += "],\"relay_endpoint\":";
   AppendOptText(out, a.relay_endpoint);
   out += ",\"direct_endpoint\":";
   AppendOptText(out, a.direct_endpoint);
   out += ",\"status\":";
-  AppendText(out, ToString(a.status));
+  AppendJsonText(out, ToString(a.status));
   out += ",\"reputation_score\":";
   out += Dump(json(a.reputation_score));  // nlohmann's shortest round-trip form, "1.0" kept
   out += ",\"last_seen\":";
-  AppendText(out, FormatRfc3339Z(a.last_seen));
+  AppendJsonText(out, FormatRfc3339Z(a.last_seen));
   out += ",\"created_at\":";
-  AppendText(out, FormatRfc3339Z(a.created_at));
+  AppendJsonText(out, FormatRfc3339Z(a.created_at));
   out += ",\"revoked\":";
   out += a.revoked ? "true" : "false";
 }

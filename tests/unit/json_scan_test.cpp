@@ -170,3 +170,30 @@ TEST_CASE("AppendJsonString escapes at any offset and copies the rest", "[jsonsc
   AppendJsonString(out, "");
   CHECK(out == "\"\"");
 }
+
+TEST_CASE("AppendJsonText keeps valid UTF-8 and replaces each byte that starts no sequence",
+          "[jsonscan]") {
+  std::string out;
+  AppendJsonText(out, "caf\xc3\xa9 \"q\" \xf0\x9f\x98\x80");  // valid: as AppendJsonString
+  std::string same;
+  AppendJsonString(same, "caf\xc3\xa9 \"q\" \xf0\x9f\x98\x80");
+  CHECK(out == same);
+  // A stray continuation byte, a truncated sequence at the end, an overlong '/', a surrogate.
+  const std::string bad[] = {std::string("a\x80"
+                                         "b"),
+                             std::string("end \xc3"), std::string("\xc0\xaf"),
+                             std::string("\xed\xa0\x80")};
+  const std::string want[] = {
+      "a\xef\xbf\xbd"
+      "b",
+      "end \xef\xbf\xbd", "\xef\xbf\xbd\xef\xbf\xbd", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"};
+  for (std::size_t i = 0; i < std::size(bad); ++i) {
+    out = "{\"v\":";
+    AppendJsonText(out, bad[i]);
+    out += "}";
+    INFO(i);
+    auto scanned = ScanObject(out);  // strict: rejects invalid UTF-8
+    REQUIRE(scanned);
+    CHECK(**scanned->GetString("v") == want[i]);
+  }
+}

@@ -96,7 +96,11 @@ Result<void> ParseStringArrayViews(std::string_view raw, std::size_t max_items,
                                    std::vector<std::string_view>& items,
                                    std::forward_list<std::string>& decoded);
 
-// Appends `value` as a JSON string token (with quotes), escaping as RFC 8785 does.
+// Appends `value` as a JSON string token (with quotes), escaping as RFC 8785 does. `value` must
+// be valid UTF-8 (bytes are copied as they are).
 void AppendJsonString(std::string& out, std::string_view value);
+// The same for text that may not be valid UTF-8 (stored or peer-supplied strings): each byte that
+// starts no well-formed sequence becomes U+FFFD, so the output is always valid JSON.
+void AppendJsonText(std::string& out, std::string_view value);
 
 }  // namespace agentmesh
