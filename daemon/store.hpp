@@ -1,6 +1,6 @@
 // The daemon's durable state: <home>/agentmesh.db (SQLite, WAL, versioned migrations, 0600).
 //
-// WAL checkpoints every 10000 pages (see Open).
+// WAL checkpoints run on a storage::Checkpointer thread (see Open).
 //
 // Tables (schema version 1):
 //   meta(key, value)                         small settings: seal check blob, paused, registered,

@@ -709,63 +709,51 @@ class PgStore final : public RegistryStore {
     return ScanSearch(f);
   }
 
-  // One range of search_terms_order, in result order (migration 3); an unfiltered total is the
-  // term's count plus its pending deltas (migration 4).
+  // One range of search_terms_order, in result order (migration 3). An unfiltered total is the
+  // term's count plus its pending deltas (migration 4); a filtered one counts the range. The
+  // unfiltered statements have one shape whatever the term, so they are prepared.
   Result<SearchPage> TermSearch(const SearchFilter& f) {
     const bool unfiltered = f.min_tier_rank <= 0 && !f.min_reputation && !f.status;
-    if (unfiltered) {
-      const std::string term = (f.prefix ? "^" : "=") + f.capability;
-      return Run([&](pg::Connection& c) -> Result<SearchPage> {
-        AMESH_TRY(total, Count(c.ExecPrepared(
-                             "SELECT (coalesce((SELECT live FROM search_term_counts WHERE term = "
-                             "$1), 0) + coalesce((SELECT sum(delta) FROM search_term_deltas "
-                             "WHERE term = $1), 0))::bigint",
-                             {term})));
-        SearchPage out;
-        out.total = total;
-        if (out.total <= f.offset) return out;
-        AMESH_TRY(rows,
-                  c.ExecPrepared(fmt::format("SELECT {} FROM search_terms t JOIN agents a ON "
-                                             "a.amid = t.amid WHERE t.term = $1 AND t.revoked = 0 "
-                                             "ORDER BY t.reputation_score DESC, t.last_seen DESC, "
-                                             "t.amid ASC LIMIT $2 OFFSET $3",
-                                             kAgentColumns),
-                                 {term, static_cast<std::int64_t>(f.limit),
-                                  static_cast<std::int64_t>(f.offset)}));
-        for (int r = 0; r < rows.size(); ++r) {
-          AMESH_TRY(agent, ReadAgent(rows, r));
-          out.agents.push_back(std::move(agent));
-        }
-        return out;
-      });
-    }
     Args args;
-    std::string match = fmt::format(
-        "t.term = {} AND t.revoked = 0 AND t.tier_rank >= {} AND t.reputation_score >= {}",
-        args((f.prefix ? "^" : "=") + f.capability), args(f.min_tier_rank),
-        args(f.min_reputation.value_or(-1.0)));
-    if (f.status) match += " AND t.status = " + args(ToString(*f.status));
-    return CountThenPage(f, std::move(args), "FROM search_terms t WHERE " + match,
+    const std::string term = args((f.prefix ? "^" : "=") + f.capability);
+    std::string match = "t.term = " + term + " AND t.revoked = 0";
+    if (!unfiltered) {
+      match += fmt::format(" AND t.tier_rank >= {} AND t.reputation_score >= {}",
+                           args(f.min_tier_rank), args(f.min_reputation.value_or(-1.0)));
+      if (f.status) match += " AND t.status = " + args(ToString(*f.status));
+    }
+    const std::string count_sql =
+        unfiltered ? fmt::format(
+                         "SELECT (coalesce((SELECT live FROM search_term_counts WHERE "
+                         "term = {0}), 0) + coalesce((SELECT sum(delta) FROM "
+                         "search_term_deltas WHERE term = {0}), 0))::bigint",
+                         term)
+                   : "SELECT count(*) FROM search_terms t WHERE " + match;
+    return CountThenPage(f, std::move(args), count_sql,
                          "FROM search_terms t JOIN agents a ON a.amid = t.amid WHERE " + match,
-                         "t.reputation_score DESC, t.last_seen DESC, t.amid ASC");
+                         "t.reputation_score DESC, t.last_seen DESC, t.amid ASC", unfiltered);
   }
 
-  // The total of the matches (`count_from`: "FROM … WHERE …"), then the page of agents in
-  // `order` (`page_from` names the agents table `a`), in one pooled connection. Unnamed
-  // statements (Exec, not ExecPrepared): planned with the actual values, so a rare and a popular
-  // capability each get the plan that suits them.
-  Result<SearchPage> CountThenPage(const SearchFilter& f, Args args, const std::string& count_from,
-                                   const std::string& page_from, std::string_view order) {
+  // The total of the matches (`count_sql`, one bigint), then the page of agents in `order`
+  // (`page_from`: "FROM … WHERE …", naming the agents table `a`), in one pooled connection.
+  // Unless `prepared`, unnamed statements (Exec, not ExecPrepared): planned with the actual
+  // values, so a rare and a popular capability each get the plan that suits them.
+  Result<SearchPage> CountThenPage(const SearchFilter& f, Args args, const std::string& count_sql,
+                                   const std::string& page_from, std::string_view order,
+                                   bool prepared = false) {
     return Run([&](pg::Connection& c) -> Result<SearchPage> {
+      auto exec = [&](const std::string& sql, std::span<const Param> params) {
+        return prepared ? c.ExecPrepared(sql, params) : c.Exec(sql, params);
+      };
       SearchPage out;
-      AMESH_TRY(total, Count(c.Exec("SELECT count(*) " + count_from, args.span())));
+      AMESH_TRY(total, Count(exec(count_sql, args.span())));
       out.total = total;
       if (out.total <= f.offset) return out;
       Args paged = args;
       const std::string sql = fmt::format(
           "SELECT {} {} ORDER BY {} LIMIT {} OFFSET {}", kAgentColumns, page_from, order,
           paged(static_cast<std::int64_t>(f.limit)), paged(static_cast<std::int64_t>(f.offset)));
-      AMESH_TRY(rows, c.Exec(sql, paged.span()));
+      AMESH_TRY(rows, exec(sql, paged.span()));
       for (int r = 0; r < rows.size(); ++r) {
         AMESH_TRY(agent, ReadAgent(rows, r));
         out.agents.push_back(std::move(agent));
@@ -808,7 +796,7 @@ class PgStore final : public RegistryStore {
         "WHERE c.amid = a.amid AND {}) AND a.tier_rank >= {} AND a.reputation_score >= {}",
         match, args(f.min_tier_rank), args(f.min_reputation.value_or(-1.0)));
     if (f.status) where += " AND a.status = " + args(ToString(*f.status));
-    return CountThenPage(f, std::move(args), where, where,
+    return CountThenPage(f, std::move(args), "SELECT count(*) " + where, where,
                          "a.reputation_score DESC, a.last_seen DESC, a.amid ASC");
   }
 

@@ -1294,11 +1294,6 @@ Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions&
   // the whole page-cache hash, so the caches stay small: the OS page cache holds the file.
   (void)writer->Exec("PRAGMA mmap_size=0");
   (void)writer->Exec("PRAGMA cache_size=-16384");
-  // Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: each registration dirties about a
-  // dozen index leaves, and a page rewritten many times between checkpoints is copied back to
-  // the file (and fsynced) once. Registrations at 100 k agents: 0.7 k/s -> 1.5 k/s. On a file,
-  // the Checkpointer below replaces this with checkpoints off the write path.
-  (void)writer->Exec("PRAGMA wal_autocheckpoint=10000");
   std::vector<std::unique_ptr<Conn>> readers;
   const bool in_memory = options.path == ":memory:" || options.path.starts_with("file::memory:");
   if (!in_memory) {
@@ -1316,8 +1311,9 @@ Result<std::unique_ptr<RegistryStore>> OpenSqliteStore(const SqliteStoreOptions&
   auto store =
       std::make_unique<SqliteStore>(std::make_unique<Conn>(std::move(*writer)), std::move(readers));
   if (!in_memory) {
-    // Write groups never wait for a checkpoint (it copied ~40 MB and fsynced inside the commit
-    // that crossed the threshold, stalling every registration queued behind it).
+    // Write groups never wait for a checkpoint (SQLite's automatic one copied the WAL back and
+    // fsynced inside the commit that crossed its threshold, stalling every registration queued
+    // behind it). An in-memory database has no WAL.
     if (auto started = store->StartCheckpointer(options.path, open); !started) {
       return std::unexpected(started.error());
     }
