@@ -710,50 +710,67 @@ class PgStore final : public RegistryStore {
   }
 
   // One range of search_terms_order, in result order (migration 3). An unfiltered total is the
-  // term's count plus its pending deltas (migration 4); a filtered one counts the range. The
-  // unfiltered statements have one shape whatever the term, so they are prepared.
+  // term's count plus its pending deltas (migration 4); a filtered one counts the range.
+  //
+  // The unfiltered statements have one shape whatever the term, so they are prepared, and their
+  // page must then run on a cached generic plan: planning the join costs more than running it.
+  // PostgreSQL keeps re-planning a prepared statement while its generic plan's estimate is above
+  // the custom plans' average, which a join ordered by the index always is (a popular term's
+  // custom plan expects to stop after `limit` rows of many). So the page is taken in two steps
+  // whose estimates do not depend on the term: the ordered AMIDs (one index-only range with a
+  // literal LIMIT, estimated alike for every term), then their agents by primary key in that
+  // order. Only the first page is prepared (one statement per page size, at most kMaxPageSize);
+  // a deeper offset is an unnamed statement, planned once for its values.
   Result<SearchPage> TermSearch(const SearchFilter& f) {
     const bool unfiltered = f.min_tier_rank <= 0 && !f.min_reputation && !f.status;
     Args args;
     const std::string term = args((f.prefix ? "^" : "=") + f.capability);
     std::string match = "t.term = " + term + " AND t.revoked = 0";
+    constexpr std::string_view kOrder = "t.reputation_score DESC, t.last_seen DESC, t.amid ASC";
     if (!unfiltered) {
       match += fmt::format(" AND t.tier_rank >= {} AND t.reputation_score >= {}",
                            args(f.min_tier_rank), args(f.min_reputation.value_or(-1.0)));
       if (f.status) match += " AND t.status = " + args(ToString(*f.status));
+      Args paged = args;
+      const std::string page_sql = fmt::format(
+          "SELECT {} FROM search_terms t JOIN agents a ON a.amid = t.amid WHERE {} ORDER BY {} "
+          "LIMIT {} OFFSET {}",
+          kAgentColumns, match, kOrder, paged(static_cast<std::int64_t>(f.limit)),
+          paged(static_cast<std::int64_t>(f.offset)));
+      return CountThenPage(f, args, "SELECT count(*) FROM search_terms t WHERE " + match, paged,
+                           page_sql, Prepare::kNeither);
     }
-    const std::string count_sql =
-        unfiltered ? fmt::format(
-                         "SELECT (coalesce((SELECT live FROM search_term_counts WHERE "
-                         "term = {0}), 0) + coalesce((SELECT sum(delta) FROM "
-                         "search_term_deltas WHERE term = {0}), 0))::bigint",
-                         term)
-                   : "SELECT count(*) FROM search_terms t WHERE " + match;
-    return CountThenPage(f, std::move(args), count_sql,
-                         "FROM search_terms t JOIN agents a ON a.amid = t.amid WHERE " + match,
-                         "t.reputation_score DESC, t.last_seen DESC, t.amid ASC", unfiltered);
+    const std::string count_sql = fmt::format(
+        "SELECT (coalesce((SELECT live FROM search_term_counts WHERE term = {0}), 0) + "
+        "coalesce((SELECT sum(delta) FROM search_term_deltas WHERE term = {0}), 0))::bigint",
+        term);
+    const std::string page_sql = fmt::format(
+        "SELECT {} FROM unnest(ARRAY(SELECT t.amid FROM search_terms t WHERE {} ORDER BY {} "
+        "LIMIT {} OFFSET {})) WITH ORDINALITY AS p (amid, n) JOIN agents a ON a.amid = p.amid "
+        "ORDER BY p.n",
+        kAgentColumns, match, kOrder, f.limit, f.offset);
+    return CountThenPage(f, args, count_sql, args, page_sql,
+                         f.offset == 0 && f.limit <= 100 ? Prepare::kBoth : Prepare::kCount);
   }
 
-  // The total of the matches (`count_sql`, one bigint), then the page of agents in `order`
-  // (`page_from`: "FROM … WHERE …", naming the agents table `a`), in one pooled connection.
-  // Unless `prepared`, unnamed statements (Exec, not ExecPrepared): planned with the actual
-  // values, so a rare and a popular capability each get the plan that suits them.
-  Result<SearchPage> CountThenPage(const SearchFilter& f, Args args, const std::string& count_sql,
-                                   const std::string& page_from, std::string_view order,
-                                   bool prepared = false) {
+  enum class Prepare { kNeither, kCount, kBoth };
+
+  // The total of the matches (`count_sql` with `count_args`, one bigint), then the page of agents
+  // (`page_sql` with `page_args`, kAgentColumns in result order), in one pooled connection.
+  // Statements not prepared are unnamed (Exec): planned with the actual values, so a rare and a
+  // popular capability each get the plan that suits them.
+  Result<SearchPage> CountThenPage(const SearchFilter& f, const Args& count_args,
+                                   const std::string& count_sql, const Args& page_args,
+                                   const std::string& page_sql, Prepare prepare) {
     return Run([&](pg::Connection& c) -> Result<SearchPage> {
-      auto exec = [&](const std::string& sql, std::span<const Param> params) {
-        return prepared ? c.ExecPrepared(sql, params) : c.Exec(sql, params);
-      };
       SearchPage out;
-      AMESH_TRY(total, Count(exec(count_sql, args.span())));
+      AMESH_TRY(total,
+                Count(prepare != Prepare::kNeither ? c.ExecPrepared(count_sql, count_args.span())
+                                                   : c.Exec(count_sql, count_args.span())));
       out.total = total;
       if (out.total <= f.offset) return out;
-      Args paged = args;
-      const std::string sql = fmt::format(
-          "SELECT {} {} ORDER BY {} LIMIT {} OFFSET {}", kAgentColumns, page_from, order,
-          paged(static_cast<std::int64_t>(f.limit)), paged(static_cast<std::int64_t>(f.offset)));
-      AMESH_TRY(rows, exec(sql, paged.span()));
+      AMESH_TRY(rows, prepare == Prepare::kBoth ? c.ExecPrepared(page_sql, page_args.span())
+                                                : c.Exec(page_sql, page_args.span()));
       for (int r = 0; r < rows.size(); ++r) {
         AMESH_TRY(agent, ReadAgent(rows, r));
         out.agents.push_back(std::move(agent));
@@ -796,8 +813,13 @@ class PgStore final : public RegistryStore {
         "WHERE c.amid = a.amid AND {}) AND a.tier_rank >= {} AND a.reputation_score >= {}",
         match, args(f.min_tier_rank), args(f.min_reputation.value_or(-1.0)));
     if (f.status) where += " AND a.status = " + args(ToString(*f.status));
-    return CountThenPage(f, std::move(args), "SELECT count(*) " + where, where,
-                         "a.reputation_score DESC, a.last_seen DESC, a.amid ASC");
+    Args paged = args;
+    const std::string page_sql = fmt::format(
+        "SELECT {} {} ORDER BY a.reputation_score DESC, a.last_seen DESC, a.amid ASC LIMIT {} "
+        "OFFSET {}",
+        kAgentColumns, where, paged(static_cast<std::int64_t>(f.limit)),
+        paged(static_cast<std::int64_t>(f.offset)));
+    return CountThenPage(f, args, "SELECT count(*) " + where, paged, page_sql, Prepare::kNeither);
   }
 
   Result<RegistryCounts> Counts() override {

@@ -118,6 +118,7 @@ struct Options {
   std::string scenario = "all";
   std::string data_dir = "/tmp/registry_bench";
   std::string registry_bin = AMESH_REGISTRY_BIN;
+  std::string postgres_url;        // an operator's server instead of a throw-away one
   double register_budget = 8'000;  // pre-signed registrations per second of a run
   bool quick = false;
 };
@@ -978,8 +979,65 @@ void RunSqlite(const Options& opt) {
   RunScenarios(opt, Backend{"sqlite", "sqlite:" + db.string(), dir.path()}, opt.agents);
 }
 
+#if AMESH_BENCH_POSTGRES
+// Migrates `url`, loads opt.agents agents into it unless it already holds that many (a database
+// given with --postgres-url, kept between bench sessions), folds the search counts and runs the
+// scenarios. False (after printing why) when the database cannot be used.
+bool LoadAndRunPostgres(const Options& opt, const std::string& url) {
+  {
+    auto store = registry::OpenStore(url);
+    if (!store) {
+      std::printf("postgresql: unavailable (%s)\n", store.error().ToString().c_str());
+      return false;
+    }
+    if (auto r = (*store)->Migrate(); !r) {
+      std::printf("postgresql: unavailable (migrate: %s)\n", r.error().ToString().c_str());
+      return false;
+    }
+    auto counts = (*store)->Counts();
+    if (!counts) {
+      std::printf("postgresql: cannot count the agents (%s)\n", counts.error().ToString().c_str());
+      return false;
+    }
+    if (counts->total_agents + counts->revoked_agents >= opt.agents) {
+      std::fprintf(stderr, "postgresql: %s already holds %llu agents; not loading\n", url.c_str(),
+                   static_cast<unsigned long long>(counts->total_agents));
+    } else {
+      std::fprintf(stderr, "postgresql: loading %llu agents into %s\n",
+                   static_cast<unsigned long long>(opt.agents), url.c_str());
+      if (auto r = LoadAgents(**store, opt, opt.agents); !r) {
+        std::printf("postgresql: load failed (%s)\n", r.error().ToString().c_str());
+        return false;
+      }
+      // The load wrote search-count deltas outside any group; fold them as the registry's
+      // write groups would have (about once a second).
+      if (auto r = (*store)->FoldCounts(); !r) {
+        std::printf("postgresql: folding the search counts failed (%s)\n",
+                    r.error().ToString().c_str());
+        return false;
+      }
+      // As after any bulk load or restore: until autovacuum gets to the tables (a minute or
+      // more) the planner has no statistics, and counts cannot use index-only scans (no
+      // visibility map).
+      if (auto conn = storage::pg::Connection::Connect(url);
+          !conn || !conn->ExecScript("VACUUM ANALYZE")) {
+        std::printf("postgresql: VACUUM ANALYZE after the load failed\n");
+        return false;
+      }
+    }
+  }
+  testing::TempDir dir;
+  RunScenarios(opt, Backend{"postgresql", url, dir.path()}, opt.agents);
+  return true;
+}
+#endif
+
 void RunPostgres(const Options& opt) {
 #if AMESH_BENCH_POSTGRES
+  if (!opt.postgres_url.empty()) {
+    LoadAndRunPostgres(opt, opt.postgres_url);
+    return;
+  }
   testing::TestPostgres pg;
   if (!pg.Available()) {
     std::printf("postgresql: unavailable (%s)\n", pg.reason().c_str());
@@ -992,46 +1050,14 @@ void RunPostgres(const Options& opt) {
     std::printf("postgresql: unavailable (server did not start: %s)\n", pg.reason().c_str());
     return;
   }
+  // Over TCP, as a registry reaches a database server on another host.
   const std::string conninfo = pg.NewDatabase();
   const auto at = conninfo.find("dbname=");
   if (conninfo.empty() || at == std::string::npos) {
     std::printf("postgresql: unavailable (%s)\n", pg.reason().c_str());
     return;
   }
-  const std::string url = pg.uri(conninfo.substr(at + 7, conninfo.find(' ', at) - at - 7));
-  {
-    auto store = registry::OpenStore(url);
-    if (!store) {
-      std::printf("postgresql: unavailable (%s)\n", store.error().ToString().c_str());
-      return;
-    }
-    if (auto r = (*store)->Migrate(); !r) {
-      std::printf("postgresql: unavailable (migrate: %s)\n", r.error().ToString().c_str());
-      return;
-    }
-    std::fprintf(stderr, "postgresql: loading %llu agents into %s\n",
-                 static_cast<unsigned long long>(opt.agents), url.c_str());
-    if (auto r = LoadAgents(**store, opt, opt.agents); !r) {
-      std::printf("postgresql: load failed (%s)\n", r.error().ToString().c_str());
-      return;
-    }
-    // The load wrote search-count deltas outside any group; fold them as the registry's write
-    // groups would have (about once a second).
-    if (auto r = (*store)->FoldCounts(); !r) {
-      std::printf("postgresql: folding the search counts failed (%s)\n",
-                  r.error().ToString().c_str());
-      return;
-    }
-  }
-  // As after any bulk load or restore: until autovacuum gets to the tables (a minute or more)
-  // the planner has no statistics, and counts cannot use index-only scans (no visibility map).
-  if (auto conn = storage::pg::Connection::Connect(conninfo);
-      !conn || !conn->ExecScript("VACUUM ANALYZE")) {
-    std::printf("postgresql: VACUUM ANALYZE after the load failed\n");
-    return;
-  }
-  testing::TempDir dir;
-  RunScenarios(opt, Backend{"postgresql", url, dir.path()}, opt.agents);
+  LoadAndRunPostgres(opt, pg.uri(conninfo.substr(at + 7, conninfo.find(' ', at) - at - 7)));
 #else
   (void)opt;
   std::printf("postgresql: unavailable (built without agentmesh_pg / libpq)\n");
@@ -1046,8 +1072,11 @@ void Usage(FILE* f) {
       "all|health|lookup|search|register|prekeys]\n"
       "                      [--data-dir DIR] [--prekey-agents P] [--otpks K] "
       "[--registry-bin PATH]\n"
+      "                      [--postgres-url URL]\n"
       "  loads N agents (default 100000; cached per N in DIR, default /tmp/registry_bench),\n"
-      "  starts amesh-registry (default %s) and prints medians of R runs of S seconds\n",
+      "  starts amesh-registry (default %s) and prints medians of R runs of S seconds;\n"
+      "  --postgres-url: an existing database instead of a throw-away server, loaded only when\n"
+      "  it holds fewer than N agents (later runs see earlier runs' registrations)\n",
       AMESH_REGISTRY_BIN);
 }
 
@@ -1084,6 +1113,8 @@ int main(int argc, char** argv) {
         opt.otpks = static_cast<std::uint32_t>(std::max(1, std::atoi(argv[++i])));
       } else if (arg == "--registry-bin" && has_value) {
         opt.registry_bin = argv[++i];
+      } else if (arg == "--postgres-url" && has_value) {
+        opt.postgres_url = argv[++i];
       } else {
         Usage(arg == "--help" ? stdout : stderr);
         return arg == "--help" ? 0 : 2;

@@ -145,8 +145,11 @@ class Connection {
     return Exec(sql, std::span<const Param>(params.begin(), params.size()));
   }
   // As Exec, through a server-side prepared statement that this connection creates on first use
-  // of `sql` and reuses (keyed by the SQL text), which saves parsing and planning on every call:
-  // for the fixed statements of a program, never for SQL text built per call. A statement the
+  // of `sql` and reuses (keyed by the SQL text), which saves parsing on every call, and planning
+  // once the server settles on the statement's generic plan (after 5 calls, and only when that
+  // plan's estimate is no worse than the custom plans': a LIMIT or OFFSET parameter, for one,
+  // keeps it re-planning): for the fixed statements of a program, never for SQL text built per
+  // call. A statement the
   // server no longer knows (DEALLOCATE, a pooler's DISCARD ALL; SQLSTATE 26000) is prepared
   // again once. Reset() forgets them all.
   Result<Rows> ExecPrepared(std::string_view sql, std::span<const Param> params);
