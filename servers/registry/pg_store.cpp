@@ -58,7 +58,7 @@ using pg::Rows;
 // times are int8 nanoseconds, flags are 0/1 smallints, and every text column that is compared or
 // ordered uses the "C" collation so that ordering and prefix ranges are byte-wise, as in SQLite,
 // whatever the database's default collation.
-constexpr std::array<std::string_view, 4> kMigrations = {
+constexpr std::array<std::string_view, 5> kMigrations = {
     R"sql(
 CREATE TABLE agents (
   amid text COLLATE "C" PRIMARY KEY,
@@ -279,6 +279,64 @@ BEGIN
     GROUP BY term HAVING sum(d) <> 0;
   RETURN NULL;
 END $$;
+CREATE TRIGGER search_terms_recounted AFTER UPDATE ON search_terms
+  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION search_terms_recounted();
+)sql",
+    // 5: the counts of migration 4 without its delta queue. Reading a total summed every pending
+    // delta of the term, and the queue's deleted rows stayed behind until autovacuum: after a
+    // minute of registrations a count read thousands of rows (a popular term's deltas, a seq
+    // scan of dead pages), ten times the search itself. Now each server backend (each
+    // connection) adds its statements' changes to its own row per term, shard = its
+    // pg_backend_pid(): live backends have distinct pids, so concurrent writers never touch the
+    // same row (and each statement upserts in term order), and a total is the sum of the term's
+    // few rows. FoldCounts merges the rows of backends that have ended into shard 0.
+    R"sql(
+DROP TRIGGER search_terms_counted ON search_terms;
+DROP TRIGGER search_terms_uncounted ON search_terms;
+DROP TRIGGER search_terms_recounted ON search_terms;
+CREATE TABLE search_term_shards (
+  term text COLLATE "C" NOT NULL,
+  shard integer NOT NULL,
+  live bigint NOT NULL,
+  PRIMARY KEY (term, shard)
+);
+INSERT INTO search_term_shards
+  SELECT term, 0, sum(n) FROM (SELECT term, live AS n FROM search_term_counts
+                               UNION ALL SELECT term, delta FROM search_term_deltas) AS x
+  GROUP BY term;
+DROP TABLE search_term_counts;
+DROP TABLE search_term_deltas;
+ALTER TABLE search_term_shards RENAME TO search_term_counts;
+CREATE OR REPLACE FUNCTION search_terms_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO search_term_counts AS c (term, shard, live)
+    SELECT term, pg_backend_pid(), count(*) FROM new_rows WHERE revoked = 0
+    GROUP BY term ORDER BY term
+  ON CONFLICT (term, shard) DO UPDATE SET live = c.live + EXCLUDED.live;
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION search_terms_uncounted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO search_term_counts AS c (term, shard, live)
+    SELECT term, pg_backend_pid(), -count(*) FROM old_rows WHERE revoked = 0
+    GROUP BY term ORDER BY term
+  ON CONFLICT (term, shard) DO UPDATE SET live = c.live + EXCLUDED.live;
+  RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION search_terms_recounted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO search_term_counts AS c (term, shard, live)
+    SELECT term, pg_backend_pid(), sum(d) FROM (SELECT term, -1 AS d FROM old_rows WHERE revoked = 0
+                              UNION ALL SELECT term, 1 FROM new_rows WHERE revoked = 0) AS x
+    GROUP BY term HAVING sum(d) <> 0 ORDER BY term
+  ON CONFLICT (term, shard) DO UPDATE SET live = c.live + EXCLUDED.live;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER search_terms_counted AFTER INSERT ON search_terms
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION search_terms_counted();
+CREATE TRIGGER search_terms_uncounted AFTER DELETE ON search_terms
+  REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION search_terms_uncounted();
 CREATE TRIGGER search_terms_recounted AFTER UPDATE ON search_terms
   REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
   FOR EACH STATEMENT EXECUTE FUNCTION search_terms_recounted();
@@ -567,7 +625,8 @@ class PgStore final : public RegistryStore {
   }
 
   // The group's calls commit one by one (PostgreSQL groups commits itself); then, at most about
-  // once per kFoldInterval across this process's threads, the search-count deltas are folded.
+  // once per kFoldInterval across this process's threads, the search counts of ended backends
+  // are folded.
   Result<void> RunBatch(const std::function<void()>& body) override {
     body();
     const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
@@ -580,17 +639,19 @@ class PgStore final : public RegistryStore {
   }
 
   Result<void> FoldCounts() override {
-    // One statement, so one transaction: the deltas it deletes are the ones it adds. The
-    // advisory lock lets one fold run at a time across replicas (the others skip), so count
-    // rows are never updated in two orders at once.
+    // One statement, so one transaction: the rows it deletes are the ones it adds. Only the rows
+    // of backends that have ended (no writer left) are moved; the advisory lock lets one fold run
+    // at a time across replicas (the others skip), the only writers of shard 0.
     auto rows = Run([](pg::Connection& c) {
       return c.ExecPrepared(
           "WITH lock AS (SELECT pg_try_advisory_xact_lock(7306251938640010531) AS got), "
-          "moved AS (DELETE FROM search_term_deltas WHERE (SELECT got FROM lock) "
-          "RETURNING term, delta), "
-          "sums AS (SELECT term, sum(delta)::bigint AS d FROM moved GROUP BY term) "
-          "INSERT INTO search_term_counts AS c (term, live) SELECT term, d FROM sums "
-          "ON CONFLICT (term) DO UPDATE SET live = c.live + EXCLUDED.live");
+          "moved AS (DELETE FROM search_term_counts WHERE (SELECT got FROM lock) AND shard <> 0 "
+          "AND shard NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL) "
+          "RETURNING term, live), "
+          "sums AS (SELECT term, sum(live)::bigint AS d FROM moved GROUP BY term) "
+          "INSERT INTO search_term_counts AS c (term, shard, live) "
+          "SELECT term, 0, d FROM sums ORDER BY term "
+          "ON CONFLICT (term, shard) DO UPDATE SET live = c.live + EXCLUDED.live");
     });
     if (!rows) return std::unexpected(rows.error());
     return {};
@@ -710,7 +771,7 @@ class PgStore final : public RegistryStore {
   }
 
   // One range of search_terms_order, in result order (migration 3). An unfiltered total is the
-  // term's count plus its pending deltas (migration 4); a filtered one counts the range.
+  // sum of the term's count rows (migration 5); a filtered one counts the range.
   //
   // The unfiltered statements have one shape whatever the term, so they are prepared, and their
   // page must then run on a cached generic plan: planning the join costs more than running it.
@@ -740,10 +801,8 @@ class PgStore final : public RegistryStore {
       return CountThenPage(f, args, "SELECT count(*) FROM search_terms t WHERE " + match, paged,
                            page_sql, Prepare::kNeither);
     }
-    const std::string count_sql = fmt::format(
-        "SELECT (coalesce((SELECT live FROM search_term_counts WHERE term = {0}), 0) + "
-        "coalesce((SELECT sum(delta) FROM search_term_deltas WHERE term = {0}), 0))::bigint",
-        term);
+    const std::string count_sql =
+        "SELECT coalesce(sum(live), 0)::bigint FROM search_term_counts WHERE term = " + term;
     const std::string page_sql = fmt::format(
         "SELECT {} FROM unnest(ARRAY(SELECT t.amid FROM search_terms t WHERE {} ORDER BY {} "
         "LIMIT {} OFFSET {})) WITH ORDINALITY AS p (amid, n) JOIN agents a ON a.amid = p.amid "
@@ -1307,7 +1366,7 @@ class PgStore final : public RegistryStore {
     return out;
   }
 
-  static constexpr std::chrono::milliseconds kFoldInterval{1000};
+  static constexpr std::chrono::milliseconds kFoldInterval{10'000};
 
   std::unique_ptr<Pool> pool_;
   std::atomic<std::int64_t> next_fold_{0};  // steady-clock ns

@@ -242,9 +242,9 @@ class RegistryStore {
     body();
     return {};
   }
-  // Folds pending search-count deltas into the per-term counts (PostgreSQL, migration 4; a no-op
-  // elsewhere). Totals are exact with or without it; folding keeps them cheap to read. RunBatch
-  // folds now and then by itself; a bulk loader calls it when done. Any thread.
+  // Folds the per-connection search counts of server backends that have ended into one row per
+  // term (PostgreSQL, migration 5; a no-op elsewhere). Totals are exact with or without it;
+  // folding keeps the rows a total sums few. RunBatch folds now and then by itself. Any thread.
   virtual Result<void> FoldCounts() { return {}; }
   // True when the backend has one writer (SQLite): the caller then runs one batch of writes at a
   // time and gathers the writes that arrive meanwhile into the next, instead of queueing batches
