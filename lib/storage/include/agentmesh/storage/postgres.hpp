@@ -149,9 +149,8 @@ class Connection {
   // once the server settles on the statement's generic plan (after 5 calls, and only when that
   // plan's estimate is no worse than the custom plans': a LIMIT or OFFSET parameter, for one,
   // keeps it re-planning): for the fixed statements of a program, never for SQL text built per
-  // call. A statement the
-  // server no longer knows (DEALLOCATE, a pooler's DISCARD ALL; SQLSTATE 26000) is prepared
-  // again once. Reset() forgets them all.
+  // call. A statement the server no longer knows (DEALLOCATE, a pooler's DISCARD ALL; SQLSTATE
+  // 26000) is prepared again once. Reset() forgets them all.
   Result<Rows> ExecPrepared(std::string_view sql, std::span<const Param> params);
   Result<Rows> ExecPrepared(std::string_view sql, std::initializer_list<Param> params = {}) {
     return ExecPrepared(sql, std::span<const Param>(params.begin(), params.size()));
