@@ -14,6 +14,7 @@ PACKAGES=(
   libsodium-dev nlohmann-json3-dev libfmt-dev catch2
   libuv1-dev libwslay-dev libhttp-parser-dev libssl-dev openssl
   libsqlite3-dev libcurl4-openssl-dev libcli11-dev libvalijson-dev libc-ares-dev libpq-dev
+  libjemalloc-dev
   postgresql postgresql-client dnsmasq-base
 )
 
