@@ -290,11 +290,9 @@ CREATE TRIGGER search_terms_recounted AFTER UPDATE ON search_terms
     // connection) adds its statements' changes to its own row per term, shard = its
     // pg_backend_pid(): live backends have distinct pids, so concurrent writers never touch the
     // same row (and each statement upserts in term order), and a total is the sum of the term's
-    // few rows. FoldCounts merges the rows of backends that have ended into shard 0.
+    // few rows. FoldCounts merges the rows of backends that have ended into shard 0. The
+    // triggers of migration 4 stay, bound to the replaced functions.
     R"sql(
-DROP TRIGGER search_terms_counted ON search_terms;
-DROP TRIGGER search_terms_uncounted ON search_terms;
-DROP TRIGGER search_terms_recounted ON search_terms;
 CREATE TABLE search_term_shards (
   term text COLLATE "C" NOT NULL,
   shard integer NOT NULL,
@@ -333,13 +331,6 @@ BEGIN
   ON CONFLICT (term, shard) DO UPDATE SET live = c.live + EXCLUDED.live;
   RETURN NULL;
 END $$;
-CREATE TRIGGER search_terms_counted AFTER INSERT ON search_terms
-  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION search_terms_counted();
-CREATE TRIGGER search_terms_uncounted AFTER DELETE ON search_terms
-  REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION search_terms_uncounted();
-CREATE TRIGGER search_terms_recounted AFTER UPDATE ON search_terms
-  REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION search_terms_recounted();
 )sql",
 };
 
@@ -780,7 +771,7 @@ class PgStore final : public RegistryStore {
   // custom plan expects to stop after `limit` rows of many). So the page is taken in two steps
   // whose estimates do not depend on the term: the ordered AMIDs (one index-only range with a
   // literal LIMIT, estimated alike for every term), then their agents by primary key in that
-  // order. Only the first page is prepared (one statement per page size, at most kMaxPageSize);
+  // order. Only the first page is prepared (one statement per page size, kMaxPreparedPageSize);
   // a deeper offset is an unnamed statement, planned once for its values.
   Result<SearchPage> TermSearch(const SearchFilter& f) {
     const bool unfiltered = f.min_tier_rank <= 0 && !f.min_reputation && !f.status;
@@ -792,12 +783,11 @@ class PgStore final : public RegistryStore {
       match += fmt::format(" AND t.tier_rank >= {} AND t.reputation_score >= {}",
                            args(f.min_tier_rank), args(f.min_reputation.value_or(-1.0)));
       if (f.status) match += " AND t.status = " + args(ToString(*f.status));
-      Args paged = args;
-      const std::string page_sql = fmt::format(
-          "SELECT {} FROM search_terms t JOIN agents a ON a.amid = t.amid WHERE {} ORDER BY {} "
-          "LIMIT {} OFFSET {}",
-          kAgentColumns, match, kOrder, paged(static_cast<std::int64_t>(f.limit)),
-          paged(static_cast<std::int64_t>(f.offset)));
+      auto [page_sql, paged] = Paged(
+          f, args,
+          fmt::format("SELECT {} FROM search_terms t JOIN agents a ON a.amid = t.amid WHERE {} "
+                      "ORDER BY {}",
+                      kAgentColumns, match, kOrder));
       return CountThenPage(f, args, "SELECT count(*) FROM search_terms t WHERE " + match, paged,
                            page_sql, Prepare::kNeither);
     }
@@ -808,11 +798,21 @@ class PgStore final : public RegistryStore {
         "LIMIT {} OFFSET {})) WITH ORDINALITY AS p (amid, n) JOIN agents a ON a.amid = p.amid "
         "ORDER BY p.n",
         kAgentColumns, match, kOrder, f.limit, f.offset);
-    return CountThenPage(f, args, count_sql, args, page_sql,
-                         f.offset == 0 && f.limit <= 100 ? Prepare::kBoth : Prepare::kCount);
+    return CountThenPage(
+        f, args, count_sql, args, page_sql,
+        f.offset == 0 && f.limit <= kMaxPreparedPageSize ? Prepare::kBoth : Prepare::kCount);
   }
 
   enum class Prepare { kNeither, kCount, kBoth };
+  // The first pages prepared, one statement per page size: the HTTP route's maximum.
+  static constexpr std::uint32_t kMaxPreparedPageSize = 100;
+
+  // `sql` (an ordered SELECT) with the page's LIMIT and OFFSET as parameters after `args`.
+  static std::pair<std::string, Args> Paged(const SearchFilter& f, Args args, std::string sql) {
+    sql += fmt::format(" LIMIT {} OFFSET {}", args(static_cast<std::int64_t>(f.limit)),
+                       args(static_cast<std::int64_t>(f.offset)));
+    return {std::move(sql), std::move(args)};
+  }
 
   // The total of the matches (`count_sql` with `count_args`, one bigint), then the page of agents
   // (`page_sql` with `page_args`, kAgentColumns in result order), in one pooled connection.
@@ -872,12 +872,10 @@ class PgStore final : public RegistryStore {
         "WHERE c.amid = a.amid AND {}) AND a.tier_rank >= {} AND a.reputation_score >= {}",
         match, args(f.min_tier_rank), args(f.min_reputation.value_or(-1.0)));
     if (f.status) where += " AND a.status = " + args(ToString(*f.status));
-    Args paged = args;
-    const std::string page_sql = fmt::format(
-        "SELECT {} {} ORDER BY a.reputation_score DESC, a.last_seen DESC, a.amid ASC LIMIT {} "
-        "OFFSET {}",
-        kAgentColumns, where, paged(static_cast<std::int64_t>(f.limit)),
-        paged(static_cast<std::int64_t>(f.offset)));
+    auto [page_sql, paged] = Paged(
+        f, args,
+        fmt::format("SELECT {} {} ORDER BY a.reputation_score DESC, a.last_seen DESC, a.amid ASC",
+                    kAgentColumns, where));
     return CountThenPage(f, args, "SELECT count(*) " + where, paged, page_sql, Prepare::kNeither);
   }
 

@@ -1019,13 +1019,6 @@ bool LoadAndRunPostgres(const Options& opt, const std::string& url) {
         std::printf("postgresql: load failed (%s)\n", r.error().ToString().c_str());
         return false;
       }
-      // The load wrote search-count deltas outside any group; fold them as the registry's
-      // write groups would have (about once a second).
-      if (auto r = (*store)->FoldCounts(); !r) {
-        std::printf("postgresql: folding the search counts failed (%s)\n",
-                    r.error().ToString().c_str());
-        return false;
-      }
       // As after any bulk load or restore: until autovacuum gets to the tables (a minute or
       // more) the planner has no statistics, and counts cannot use index-only scans (no
       // visibility map).
