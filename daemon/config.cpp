@@ -20,6 +20,8 @@ Result<std::vector<std::string>> StringList(const nlohmann::json& value, std::st
   return out;
 }
 
+constexpr std::uint32_t kMaxBusyPollMicros = 10000;
+
 }  // namespace
 
 const std::vector<ConfigKeyInfo>& ConfigKeys() {
@@ -40,6 +42,8 @@ const std::vector<ConfigKeyInfo>& ConfigKeys() {
        "how long `send AMID` reuses an active session for the same intent category"},
       {"registry_cache_seconds", "uint", "120",
        "how long registry tier/reputation answers are cached for KNOCK policy"},
+      {"rpc_busy_poll_us", "uint", "50",
+       "microseconds the daemon keeps polling after a socket request before it sleeps (0: off)"},
   };
   return keys;
 }
@@ -111,6 +115,11 @@ Result<void> ApplyConfigJson(const nlohmann::json& doc, DaemonConfig& config) {
       r = need_uint(next.session_cache_seconds);
     } else if (key == "registry_cache_seconds") {
       r = need_uint(next.registry_cache_seconds);
+    } else if (key == "rpc_busy_poll_us") {
+      r = need_uint(next.rpc_busy_poll_us);
+      if (r && next.rpc_busy_poll_us > kMaxBusyPollMicros) {
+        return Fail(Code::kInvalidArgument, "must be at most 10000", key);
+      }
     } else {
       return Fail(Code::kInvalidArgument, "unknown config key", key);
     }
@@ -143,7 +152,8 @@ nlohmann::json ConfigToJson(const DaemonConfig& c) {
           {"log_level", c.log_level},
           {"relay_max_frame_bytes", c.relay_max_frame_bytes},
           {"session_cache_seconds", c.session_cache_seconds},
-          {"registry_cache_seconds", c.registry_cache_seconds}};
+          {"registry_cache_seconds", c.registry_cache_seconds},
+          {"rpc_busy_poll_us", c.rpc_busy_poll_us}};
 }
 
 std::string DescribeConfig() {

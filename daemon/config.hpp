@@ -32,6 +32,8 @@ struct DaemonConfig {
   std::uint32_t relay_max_frame_bytes = 65536;  // the relay's frame limit (checked before sending)
   std::uint32_t session_cache_seconds = 86400;  // reuse of an active session by `send AMID`
   std::uint32_t registry_cache_seconds = 120;   // tier/reputation cache for KNOCK policy
+  // After reading a request the loop polls without sleeping for this long (0: never).
+  std::uint32_t rpc_busy_poll_us = 50;
 };
 
 struct ConfigKeyInfo {

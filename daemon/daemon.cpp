@@ -1,6 +1,7 @@
 #include "daemon.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -485,7 +486,11 @@ void Daemon::AfterCommit(std::function<void()> fn) {
 
 void Daemon::WakeCheck() {
   if (idle_ != nullptr && !uv_is_active(reinterpret_cast<uv_handle_t*>(idle_))) {
-    uv_idle_start(idle_, [](uv_idle_t*) {});
+    uv_idle_start(idle_, [](uv_idle_t* h) {
+      // While busy-polling, let any other runnable task on this CPU go first.
+      const auto& rpc = static_cast<Daemon*>(h->data)->rpc_;
+      if (rpc && rpc->busy_polling()) ::sched_yield();
+    });
   }
 }
 
@@ -533,8 +538,14 @@ void Daemon::OnCheck() {
   }
   FlushAudit();  // after the commit: the log records what was committed
   if (rpc_) rpc_->Flush();
-  if (idle_ != nullptr && !store_->in_batch() && after_commit_.empty() && !serve_waiters_ &&
-      (!rpc_ || !rpc_->has_output())) {
+  if (idle_ == nullptr) return;
+  const bool pending = store_->in_batch() || !after_commit_.empty() || serve_waiters_ ||
+                       (rpc_ && rpc_->has_output());
+  const std::uint64_t busy_poll_ns = std::uint64_t{config_.rpc_busy_poll_us} * 1000;
+  const bool busy_polling =
+      !pending && rpc_ && busy_poll_ns > 0 && uv_hrtime() - rpc_->last_read_ns() < busy_poll_ns;
+  if (rpc_) rpc_->set_busy_polling(busy_polling);
+  if (!pending && !busy_polling) {
     uv_idle_stop(idle_);
   }
 }

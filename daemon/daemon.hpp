@@ -259,6 +259,7 @@ class Daemon {
   std::unordered_set<Child*> children_;  // running child processes (emergency_stop)
 
   uv_check_t* check_ = nullptr;
+  // Active while this turn left work for the check phase, or while rpc_ is busy-polling.
   uv_idle_t* idle_ = nullptr;
   uv_timer_t* housekeeping_ = nullptr;
   std::vector<std::function<void()>> after_commit_;

@@ -208,6 +208,9 @@ void RpcServer::OnRead(Conn& conn, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (conn.closing || conn.close_after_flush) return;
+  last_read_ns_ = uv_hrtime();
+  ++reads_;
+  if (busy_polling_) ++busy_poll_reads_;
   conn.in.append(buf->base, static_cast<std::size_t>(nread));
   std::size_t start = 0;
   while (!conn.closing && !conn.close_after_flush) {

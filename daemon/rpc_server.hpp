@@ -101,6 +101,13 @@ class RpcServer {
   // Writes buffered output of every connection that has some.
   void Flush();
   bool has_output() const noexcept { return !dirty_.empty(); }
+  // uv_hrtime() of the last read from any connection (0 before the first).
+  std::uint64_t last_read_ns() const noexcept { return last_read_ns_; }
+  // Set by the owner while its loop polls without sleeping; reads made then are counted.
+  void set_busy_polling(bool on) noexcept { busy_polling_ = on; }
+  bool busy_polling() const noexcept { return busy_polling_; }
+  std::uint64_t reads() const noexcept { return reads_; }
+  std::uint64_t busy_poll_reads() const noexcept { return busy_poll_reads_; }
   std::size_t connections() const noexcept { return conns_.size(); }
 
   // Internal, for Responder.
@@ -129,6 +136,10 @@ class RpcServer {
   uv_pipe_t* listener_ = nullptr;
   std::unordered_map<ConnId, Conn*> conns_;
   std::unordered_set<ConnId> dirty_;
+  std::uint64_t last_read_ns_ = 0;
+  bool busy_polling_ = false;
+  std::uint64_t reads_ = 0;
+  std::uint64_t busy_poll_reads_ = 0;
   ConnId next_id_ = 1;
   std::string path_;
 };

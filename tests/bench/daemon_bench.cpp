@@ -18,7 +18,8 @@
 //              binary running `amesh rpc ping` (process start + one RPC).
 //
 //   daemon_bench [--quick] [--runs R] [--scenario all|ping|stream[-signed|-unsigned]|knock|wait]
-//                [--messages N] [--send-window W] [--e2e-window W] [--window W] [--keep]
+//                [--messages N] [--send-window W] [--e2e-window W] [--window W]
+//                [--busy-poll-us US] [--keep]
 //                [--agentmeshd PATH] [--amesh PATH] [--relay-bin PATH] [--registry-bin PATH]
 //
 // Every figure is the median of R runs (default 3). The bench, the relay, the registry and both
@@ -100,6 +101,7 @@ struct Options {
   int knocks = 200;
   int waits = 50;
   bool keep = false;
+  int busy_poll_us = -1;  // the daemons' rpc_busy_poll_us; -1 keeps their default
   std::string agentmeshd = AGENTMESHD_BIN;
   std::string amesh = AMESH_BIN;
   std::string relay = AMESH_RELAY_BIN;
@@ -386,6 +388,9 @@ class Mesh {
     std::filesystem::create_directories(d->home);
     std::filesystem::permissions(d->home, std::filesystem::perms::owner_all);
     std::ofstream(d->home / "policy.json") << kPolicy;
+    if (opt_.busy_poll_us >= 0) {
+      std::ofstream(d->home / "config.json") << json({{"rpc_busy_poll_us", opt_.busy_poll_us}});
+    }
     if (!d->process.Start({opt_.agentmeshd, "--foreground", "--home", d->home.string(), "--socket",
                            d->socket, "--log-level", "warn"},
                           d->home / "stderr.log")) {
@@ -781,7 +786,7 @@ void Usage(FILE* f) {
       "usage: daemon_bench [--quick] [--runs R]\n"
       "                    [--scenario all|ping|stream[-signed|-unsigned]|knock|wait]\n"
       "                    [--messages N] [--send-window W] [--e2e-window W] [--window W]\n"
-      "                    [--keep]\n"
+      "                    [--busy-poll-us US] [--keep]\n"
       "                    [--agentmeshd PATH] [--amesh PATH] [--relay-bin PATH]\n"
       "                    [--registry-bin PATH]\n");
 }
@@ -820,6 +825,8 @@ int main(int argc, char** argv) {
       opt.relay = argv[++i];
     } else if (arg == "--registry-bin" && has_value) {
       opt.registry = argv[++i];
+    } else if (arg == "--busy-poll-us" && has_value) {
+      opt.busy_poll_us = std::max(0, std::atoi(argv[++i]));
     } else if (arg == "--keep") {
       opt.keep = true;
     } else {

@@ -910,6 +910,74 @@ TEST_CASE("daemon: an explicit home beats XDG_RUNTIME_DIR for the socket", "[dae
   CHECK_FALSE(std::filesystem::exists(run / "agentmesh" / "agentmeshd.sock"));
 }
 
+// CPU time a process has used so far (user + system), in clock ticks, from /proc/PID/stat.
+long CpuTicks(pid_t pid) {
+  const std::string stat = ReadAll("/proc/" + std::to_string(pid) + "/stat");
+  // Fields after the command name in parentheses, from field 3 (state); utime is 14, stime 15.
+  std::istringstream in(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  long ticks = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stol(field);
+  }
+  return ticks;
+}
+
+TEST_CASE("daemon: rpc_busy_poll_us polls after each request and an idle daemon sleeps",
+          "[daemon]") {
+  TempDir dir;
+  const std::string registry = "http://127.0.0.1:9", relay = "ws://127.0.0.1:9/v1/connect";
+  for (const json& bad : {json(10001), json(-1), json("50")}) {
+    DaemonProcess d(dir.path() / "bad", registry, relay);
+    std::ofstream(d.home() / "config.json") << json{{"rpc_busy_poll_us", bad}}.dump();
+    d.Start(false);
+    const int status = d.process().Signal(0, true, 10s);  // it exits by itself
+    INFO(bad.dump() << ": " << d.log());
+    REQUIRE(status != -1);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) != 0);
+    CHECK(d.log().find("rpc_busy_poll_us") != std::string::npos);
+  }
+
+  DaemonProcess d(dir.path() / "home", registry, relay);
+  std::ofstream(d.home() / "config.json") << json{{"rpc_busy_poll_us", 10000}}.dump();
+  d.Start();
+  const pid_t pid = d.process().pid();
+  // Back-to-back calls: each arrives within 10 ms of the last read, while the daemon polls. Even
+  // when it yields the CPU to other tasks, it has not slept: the read counts as a busy-poll read.
+  auto pings = [&] {
+    const json before = d.rpc.Call("status")["rpc"];
+    for (int i = 0; i < 40; ++i) d.rpc.Call("ping");
+    const json after = d.rpc.Call("status")["rpc"];
+    CHECK(after["reads"].get<int>() - before["reads"].get<int>() >= 41);
+    return after["busy_poll_reads"].get<int>() - before["busy_poll_reads"].get<int>();
+  };
+  const json status = d.rpc.Call("status")["rpc"];
+  CHECK(status["busy_poll_us"] == 10000);
+  CHECK(status["connections"] == 1);
+  const int polled = pings();
+  CHECK(polled >= 30);
+  // Idle: no CPU burnt once the window after the last read has passed.
+  std::this_thread::sleep_for(100ms);
+  const long idle_before = CpuTicks(pid);
+  std::this_thread::sleep_for(1s);
+  const long idle = CpuTicks(pid) - idle_before;
+  const long ticks_per_second = ::sysconf(_SC_CLK_TCK);
+  INFO("polled " << polled << ", idle ticks " << idle << " of " << ticks_per_second << "/s");
+  CHECK(idle * 20 <= ticks_per_second);  // at most 50 ms in that second
+
+  // 0 turns it off, on a reload.
+  std::ofstream(d.home() / "config.json") << json{{"rpc_busy_poll_us", 0}}.dump();
+  d.Hup();
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (d.rpc.Call("status")["rpc"]["busy_poll_us"] != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK(pings() == 0);
+  CHECK(d.Terminate() == 0);
+}
+
 TEST_CASE("daemon: stopping while the emergency_stop command still runs exits cleanly",
           "[daemon]") {
   TempDir dir;
