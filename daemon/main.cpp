@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
     // Test-only, hidden from --help: shifts the daemon's clock (prekey rotation tests).
     std::int64_t clock_offset_seconds = 0;
     app.add_option("--test-clock-offset", clock_offset_seconds)->group("");
+    bool withhold_acks = false;  // test-only: see SetWithholdRatchetAcks
+    app.add_flag("--test-withhold-acks", withhold_acks)->group("");
     CLI11_PARSE(app, argc, argv);
     if (help_config) {
       std::fputs(DescribeConfig().c_str(), stdout);
@@ -200,6 +202,10 @@ int main(int argc, char** argv) {
     if (clock_offset_seconds != 0) {
       SetClockOffset(clock_offset_seconds * agentmesh::kNanosPerSecond);
       LogWarn(fmt::format("test clock offset: {} s", clock_offset_seconds));
+    }
+    if (withhold_acks) {
+      SetWithholdRatchetAcks(true);
+      LogWarn("test: relay messages accepted by a session ratchet are not acked");
     }
     std::signal(SIGPIPE, SIG_IGN);
     uv_loop_t loop;

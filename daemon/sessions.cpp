@@ -303,6 +303,17 @@ void AckAfterCommit(Daemon& d, const std::string& relay_id) {
   });
 }
 
+// For a message the session's ratchet has accepted: no seen mark. The ratchet state committed
+// in the same transaction answers any later copy with kReplay (acked, dropped); a seen mark
+// would add an insert at a random place in its index for every message.
+void AckAfterRatchetCommit(Daemon& d, const std::string& relay_id) {
+  d.Batch();
+  if (WithholdRatchetAcks()) return;
+  d.AfterCommit([&d, relay_id] {
+    if (d.relay_) d.relay_->Ack(relay_id);
+  });
+}
+
 void Nack(Daemon& d, const IncomingMessage& m, std::string_view reason) {
   LogWarn(fmt::format("dropping relay message {} from {}: {}", m.id, m.from, reason));
   if (d.relay_) d.relay_->Nack(m.id, reason);
@@ -558,6 +569,7 @@ void Daemon::HandleIncoming(const IncomingMessage& m) {
     auto plain = s->ratchet->Decrypt(*bytes);
     if (!plain) {
       if (plain.error().code == Code::kReplay) {
+        LogDebug(fmt::format("relay message {}: a copy of one already received, acked", m.id));
         AckAfterCommit(*this, m.id);
         return;
       }
@@ -586,7 +598,7 @@ void Daemon::HandleIncoming(const IncomingMessage& m) {
         HandleAnswer(*this, *s, *parsed);
       }
     }
-    AckAfterCommit(*this, m.id);
+    AckAfterRatchetCommit(*this, m.id);
     return;
   }
   if (header->kind != MessageKind::kPrekeyMessage) {

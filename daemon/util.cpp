@@ -24,6 +24,7 @@ namespace agentmesh::daemon {
 namespace {
 LogLevel g_level = LogLevel::kInfo;
 UnixNanos g_clock_offset = 0;
+bool g_withhold_ratchet_acks = false;
 }  // namespace
 
 UnixNanos Now() {
@@ -34,6 +35,9 @@ UnixNanos Now() {
 }
 
 void SetClockOffset(UnixNanos offset) { g_clock_offset = offset; }
+
+void SetWithholdRatchetAcks(bool on) { g_withhold_ratchet_acks = on; }
+bool WithholdRatchetAcks() { return g_withhold_ratchet_acks; }
 
 bool SdNotify(std::string_view state) {
   const char* path = std::getenv("NOTIFY_SOCKET");

@@ -26,6 +26,10 @@ UnixNanos Now();
 // own clock moves (prekey ages, session TTLs, KNOCK/envelope timestamps); requests to the
 // registry and the relay keep the real clock. Call before the loop starts.
 void SetClockOffset(UnixNanos offset);
+// Test-only (hidden --test-withhold-acks): relay messages a session's ratchet accepted are never
+// acked, so the relay delivers them again after a reconnect. Call before the loop starts.
+void SetWithholdRatchetAcks(bool on);
+bool WithholdRatchetAcks();
 
 // systemd's readiness protocol (sd_notify(3)) without libsystemd: sends `state` (e.g. "READY=1")
 // as one datagram to the AF_UNIX socket named by $NOTIFY_SOCKET (a path, or "@name" for the

@@ -631,6 +631,56 @@ TEST_CASE(
   CHECK(b.rpc.Call("recv", {{"limit", 10000}})["messages"].empty());
 }
 
+TEST_CASE(
+    "daemon: a relay message delivered again after its ack was lost is acked and not delivered",
+    "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  // Bob's daemon withholds its acks for session messages (a test flag), as if each ack were lost.
+  auto& b = mesh.Agent("bob", json::array({"travel"}), std::nullopt, {"--test-withhold-acks"});
+  const std::string sid = OpenSession(a, b, "conversation");
+  for (int i = 1; i <= 5; ++i) a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", i}}}});
+  json got = RecvAll(b, 5, 20s);
+  REQUIRE(got.size() == 5);
+
+  // Restarted with acks, bob is handed the five again by the relay.
+  CHECK(b.Terminate() == 0);
+  b.extra_args.clear();
+  b.Start();
+  REQUIRE(b.WaitRelay());
+  auto copies = [&] {
+    const std::string log = b.log();
+    std::size_t n = 0;
+    for (auto at = log.find("a copy of one already received, acked"); at != std::string::npos;
+         at = log.find("a copy of one already received, acked", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (copies() < 5 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  INFO(mesh.log());
+  CHECK(copies() >= 5);
+  CHECK(b.rpc.Call("recv", {{"timeout_ms", 300}})["messages"].empty());
+  // The relay holds none of them any more.
+  std::string metrics;
+  for (int tries = 0; tries < 100; ++tries) {
+    metrics = HttpGetText(mesh.relay_port(), "/metrics");
+    if (metrics.find("\namesh_relay_queued_messages 0\n") != std::string::npos) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  CHECK(metrics.find("\namesh_relay_queued_messages 0\n") != std::string::npos);
+
+  // The session goes on.
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", 6}}}});
+  got = RecvAll(b, 1, 10s);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["sequence"] == 6);
+  CHECK(got[0]["payload"]["i"] == 6);
+}
+
 TEST_CASE("daemon: kill -9 of the sender during a stream loses no acknowledged message",
           "[daemon]") {
   Mesh mesh;
