@@ -164,6 +164,8 @@ class Store {
   Result<void> DeleteOutbox(std::string_view message_id);
   Result<std::vector<OutboxRow>> LoadOutbox();
 
+  // Relay ids of messages handled outside a session ratchet (whose committed state is the record
+  // for the messages it accepted), kept 7 days so a copy delivered again is only acked.
   Result<bool> Seen(std::string_view relay_id);
   Result<void> MarkSeen(std::string_view relay_id, std::int64_t at);
   Result<void> PruneSeen(std::int64_t before);
