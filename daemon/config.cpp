@@ -118,7 +118,8 @@ Result<void> ApplyConfigJson(const nlohmann::json& doc, DaemonConfig& config) {
     } else if (key == "rpc_busy_poll_us") {
       r = need_uint(next.rpc_busy_poll_us);
       if (r && next.rpc_busy_poll_us > kMaxBusyPollMicros) {
-        return Fail(Code::kInvalidArgument, "must be at most 10000", key);
+        return Fail(Code::kInvalidArgument, fmt::format("must be at most {}", kMaxBusyPollMicros),
+                    key);
       }
     } else {
       return Fail(Code::kInvalidArgument, "unknown config key", key);

@@ -545,7 +545,9 @@ void Daemon::OnCheck() {
   const bool busy_polling =
       !pending && rpc_ && busy_poll_ns > 0 && uv_hrtime() - rpc_->last_read_ns() < busy_poll_ns;
   if (rpc_) rpc_->set_busy_polling(busy_polling);
-  if (!pending && !busy_polling) {
+  if (busy_polling) {
+    WakeCheck();  // a read that produced no output this turn has not started it
+  } else if (!pending) {
     uv_idle_stop(idle_);
   }
 }

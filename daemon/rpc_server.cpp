@@ -207,7 +207,7 @@ void RpcServer::OnRead(Conn& conn, ssize_t nread, const uv_buf_t* buf) {
     CloseConn(conn);
     return;
   }
-  if (conn.closing || conn.close_after_flush) return;
+  if (nread == 0 || conn.closing || conn.close_after_flush) return;  // 0: EAGAIN
   last_read_ns_ = uv_hrtime();
   ++reads_;
   if (busy_polling_) ++busy_poll_reads_;

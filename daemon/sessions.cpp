@@ -305,7 +305,9 @@ void AckAfterCommit(Daemon& d, const std::string& relay_id) {
 
 // For a message the session's ratchet has accepted: no seen mark. The ratchet state committed
 // in the same transaction answers any later copy with kReplay (acked, dropped); a seen mark
-// would add an insert at a random place in its index for every message.
+// would add an insert at a random place in its index for every message. A copy from a chain
+// older than the ratchet remembers (kMaxPreviousRatchetKeys) fails authentication and is nacked,
+// which drops it too; the relay sends unacked messages first on reconnect, so it does not occur.
 void AckAfterRatchetCommit(Daemon& d, const std::string& relay_id) {
   d.Batch();
   if (WithholdRatchetAcks()) return;
@@ -569,7 +571,8 @@ void Daemon::HandleIncoming(const IncomingMessage& m) {
     auto plain = s->ratchet->Decrypt(*bytes);
     if (!plain) {
       if (plain.error().code == Code::kReplay) {
-        LogDebug(fmt::format("relay message {}: a copy of one already received, acked", m.id));
+        LogDebug(fmt::format("relay message {}: already received (or its key was evicted), acked",
+                             m.id));
         AckAfterCommit(*this, m.id);
         return;
       }

@@ -582,9 +582,11 @@ TEST_CASE(
                               {"rate_limit", {{"messages_per_minute", 1000000}}}}}});
   const std::string sid = OpenSession(a, b, "stream", "x-test");
   constexpr int kCount = 1000;
-  // The first half is pipelined before the kill, the second after it: a fast receiver can
-  // take a whole burst in one loop turn, so a single batch may be gone before the kill.
+  // The first half is written in paced chunks while the receiver is killed, the second after
+  // the kill: a fast receiver takes a whole pipelined burst in one loop turn, so one batch may
+  // be gone before any kill.
   constexpr int kBeforeKill = 500;
+  constexpr int kChunk = 10;
   auto sends = [&](int first, int last) {
     std::string batch;
     for (int i = first; i <= last; ++i) {
@@ -598,9 +600,15 @@ TEST_CASE(
     }
     return batch;
   };
-  const std::string first_half = sends(1, kBeforeKill);
+  std::vector<std::string> first_half;
+  for (int i = 1; i <= kBeforeKill; i += kChunk) first_half.push_back(sends(i, i + kChunk - 1));
   const std::string second_half = sends(kBeforeKill + 1, kCount);
-  std::thread writer([&] { a.rpc.WriteRaw(first_half); });
+  std::thread writer([&] {
+    for (const std::string& chunk : first_half) {
+      a.rpc.WriteRaw(chunk);
+      std::this_thread::sleep_for(2ms);
+    }
+  });
   // Kill the receiver once it has taken part of the stream.
   const auto audit = b.home() / "logs" / "audit.jsonl";
   const auto deadline = std::chrono::steady_clock::now() + 60s;
@@ -611,8 +619,8 @@ TEST_CASE(
   const std::size_t at_kill = CountLines(audit, "message.received");
   b.Kill9();
   writer.join();
+  INFO("received before the kill: " << at_kill);
   CHECK(at_kill >= 150);
-  CHECK(at_kill <= static_cast<std::size_t>(kBeforeKill));
   a.rpc.WriteRaw(second_half);
   for (int i = 1; i <= kCount; ++i) {
     json r = a.rpc.ReadResponse(10000 + i, 60s);
@@ -642,43 +650,66 @@ TEST_CASE(
   for (int i = 1; i <= 5; ++i) a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", i}}}});
   json got = RecvAll(b, 5, 20s);
   REQUIRE(got.size() == 5);
-
-  // Restarted with acks, bob is handed the five again by the relay.
-  CHECK(b.Terminate() == 0);
-  b.extra_args.clear();
-  b.Start();
-  REQUIRE(b.WaitRelay());
+  auto relay_queued = [&] {
+    const std::string metrics = HttpGetText(mesh.relay_port(), "/metrics");
+    const std::string name = "\namesh_relay_queued_messages ";
+    const auto at = metrics.find(name);
+    return at == std::string::npos ? -1 : std::stoll(metrics.substr(at + name.size()));
+  };
+  auto relay_queue_empty = [&] {
+    for (int tries = 0; tries < 200 && relay_queued() != 0; ++tries) {
+      std::this_thread::sleep_for(50ms);
+    }
+    return relay_queued() == 0;
+  };
   auto copies = [&] {
     const std::string log = b.log();
+    const std::string needle = "already received (or its key was evicted), acked";
     std::size_t n = 0;
-    for (auto at = log.find("a copy of one already received, acked"); at != std::string::npos;
-         at = log.find("a copy of one already received, acked", at + 1)) {
-      ++n;
-    }
+    for (auto at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
     return n;
   };
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (copies() < 5 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(20ms);
-  }
-  INFO(mesh.log());
-  CHECK(copies() >= 5);
-  CHECK(b.rpc.Call("recv", {{"timeout_ms", 300}})["messages"].empty());
-  // The relay holds none of them any more.
-  std::string metrics;
-  for (int tries = 0; tries < 100; ++tries) {
-    metrics = HttpGetText(mesh.relay_port(), "/metrics");
-    if (metrics.find("\namesh_relay_queued_messages 0\n") != std::string::npos) break;
-    std::this_thread::sleep_for(50ms);
-  }
-  CHECK(metrics.find("\namesh_relay_queued_messages 0\n") != std::string::npos);
 
-  // The session goes on.
-  a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", 6}}}});
-  got = RecvAll(b, 1, 10s);
-  REQUIRE(got.size() == 1);
-  CHECK(got[0]["sequence"] == 6);
-  CHECK(got[0]["payload"]["i"] == 6);
+  SECTION("the session goes on") {
+    // Restarted with acks, bob is handed the five again by the relay: each is a ratchet replay.
+    CHECK(b.Terminate() == 0);
+    CHECK(relay_queued() == 5);
+    b.extra_args.clear();
+    b.Start();
+    REQUIRE(b.WaitRelay());
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (copies() < 5 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(20ms);
+    }
+    INFO(mesh.log());
+    CHECK(copies() >= 5);
+    CHECK(b.rpc.Call("recv", {{"timeout_ms", 300}})["messages"].empty());
+    CHECK(relay_queue_empty());
+    a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", 6}}}});
+    got = RecvAll(b, 1, 10s);
+    REQUIRE(got.size() == 1);
+    CHECK(got[0]["sequence"] == 6);
+    CHECK(got[0]["payload"]["i"] == 6);
+  }
+  SECTION("the session has ended meanwhile") {
+    a.rpc.Call("close", {{"session_id", sid}});
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!b.rpc.Call("sessions", {{"state", "active"}})["sessions"].empty() &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(20ms);
+    }
+    REQUIRE(b.rpc.Call("sessions", {{"state", "active"}})["sessions"].empty());
+    // Restarted, bob is handed the five and the close again: late messages of an ended session.
+    CHECK(b.Terminate() == 0);
+    CHECK(relay_queued() == 6);
+    b.extra_args.clear();
+    b.Start();
+    REQUIRE(b.WaitRelay());
+    INFO(mesh.log());
+    CHECK(relay_queue_empty());
+    CHECK(b.rpc.Call("recv", {{"timeout_ms", 300}})["messages"].empty());
+    CHECK(b.rpc.Call("sessions", {{"state", "active"}})["sessions"].empty());
+  }
 }
 
 TEST_CASE("daemon: kill -9 of the sender during a stream loses no acknowledged message",
@@ -1006,7 +1037,7 @@ TEST_CASE("daemon: rpc_busy_poll_us polls after each request and an idle daemon 
   CHECK(status["busy_poll_us"] == 10000);
   CHECK(status["connections"] == 1);
   const int polled = pings();
-  CHECK(polled >= 30);
+  CHECK(polled >= 20);
   // Idle: no CPU burnt once the window after the last read has passed.
   std::this_thread::sleep_for(100ms);
   const long idle_before = CpuTicks(pid);
@@ -1015,6 +1046,18 @@ TEST_CASE("daemon: rpc_busy_poll_us polls after each request and an idle daemon 
   const long ticks_per_second = ::sysconf(_SC_CLK_TCK);
   INFO("polled " << polled << ", idle ticks " << idle << " of " << ticks_per_second << "/s");
   CHECK(idle * 20 <= ticks_per_second);  // at most 50 ms in that second
+
+  // A request answered later (recv waiting) also starts a window, and the window ends: a call
+  // 200 ms after it is read by a sleeping loop.
+  RpcClient waiter;
+  REQUIRE(waiter.Connect(d.socket()));
+  const int before_wait = d.rpc.Call("status")["rpc"]["busy_poll_reads"];
+  std::this_thread::sleep_for(50ms);
+  REQUIRE(waiter.WriteRaw(R"({"jsonrpc":"2.0","id":1,"method":"recv","params":{"timeout_ms":600}})"
+                          "\n"));
+  std::this_thread::sleep_for(200ms);
+  CHECK(d.rpc.Call("status")["rpc"]["busy_poll_reads"] == before_wait);
+  CHECK(waiter.ReadResponse(1, 10s).contains("result"));
 
   // 0 turns it off, on a reload.
   std::ofstream(d.home() / "config.json") << json{{"rpc_busy_poll_us", 0}}.dump();
@@ -1210,7 +1253,14 @@ TEST_CASE("daemon: presence is online while connected and offline after a clean 
   };
   INFO(mesh.log());
   CHECK(wait_for("online"));
+  // Bob records it when the registry's answer reaches him, which may come after alice's lookup.
   json status = b.rpc.Call("status");
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (status["registry"]["presence"] != "online" &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+    status = b.rpc.Call("status");
+  }
   CHECK(status["registry"]["presence"] == "online");
   CHECK(status["registry"]["registered"] == true);
   const int code = b.Terminate();
