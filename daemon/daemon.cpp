@@ -916,6 +916,13 @@ void Daemon::ApplyNetworkConfig() {
         LogError(fmt::format("relay send result: {}", e.what()));
       }
     };
+    h.on_receipt = [this](const Receipt& r) {
+      try {
+        OnReceipt(r);
+      } catch (const std::exception& e) {
+        LogError(fmt::format("relay receipt: {}", e.what()));
+      }
+    };
     relay_ = std::make_unique<RelayLink>(loop_, std::move(opts), identity_->signing.Clone(),
                                          std::move(h));
     relay_in_use_ = relay_key;

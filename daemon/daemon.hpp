@@ -189,7 +189,12 @@ class Daemon {
   void OnRelayMessage(const IncomingMessage& message);
   // One relay message, without serving waiters afterwards (OnRelayMessage does both).
   void HandleIncoming(const IncomingMessage& message);
+  // An outbox row leaves when the relay has stored the message (queued), refused it for good,
+  // or the recipient has acked or nacked it (receipt). "delivered" only means the relay wrote
+  // it to the recipient's connection, from its memory: the row stays, and is sent again after a
+  // reconnect until a receipt arrives (the recipient's ratchet turns a copy into an ack).
   void OnSendResult(const SendResult& result);
+  void OnReceipt(const Receipt& receipt);
   void OnRelayState(bool connected, std::string_view detail);
   void QueueRelaySend(OutboxRow row, std::function<void(std::string)> on_delivery);
   void SendOutboxRow(const OutboxRow& row);

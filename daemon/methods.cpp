@@ -871,6 +871,8 @@ void Status(Daemon& d, const json&, Responder reply) {
   if (d.identity_) out["amid"] = d.identity_->amid.str();
   auto pending = d.store_->CountPendingInbox();
   out["inbox"] = {{"pending", pending ? *pending : 0}};
+  auto unconfirmed = d.store_->CountOutbox();
+  out["outbox"] = {{"pending", unconfirmed ? *unconfirmed : 0}};
   if (d.rpc_) {
     out["rpc"] = {{"connections", d.rpc_->connections()},
                   {"busy_poll_us", d.config_.rpc_busy_poll_us},

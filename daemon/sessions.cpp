@@ -234,6 +234,7 @@ void Daemon::OnSendResult(const SendResult& r) {
   switch (r.outcome) {
     case SendOutcome::kDelivered:
       delivery = "delivered";
+      remove = false;  // until the receipt
       break;
     case SendOutcome::kQueued:
       delivery = "queued";
@@ -265,6 +266,12 @@ void Daemon::OnSendResult(const SendResult& r) {
     delivery_waits_.erase(it);
     for (auto& w : waits) w(delivery);
   }
+}
+
+void Daemon::OnReceipt(const Receipt& r) {
+  Batch();
+  (void)store_->DeleteOutbox(r.message_id);
+  sent_on_link_.erase(r.message_id);
 }
 
 void Daemon::OnRelayState(bool connected, std::string_view detail) {

@@ -480,6 +480,13 @@ Result<std::int64_t> Store::CountPendingInbox() {
   return s.ColumnInt(0);
 }
 
+Result<std::int64_t> Store::CountOutbox() {
+  AM_STMT(s, "SELECT COUNT(*) FROM outbox");
+  auto row = s.Step();
+  if (!row) return std::unexpected(row.error());
+  return s.ColumnInt(0);
+}
+
 Result<void> Store::PruneConsumedInbox(std::int64_t before) {
   AM_STMT(s, "DELETE FROM inbox WHERE consumed = 1 AND received_at < ?");
   s.Bind(1, before);

@@ -157,6 +157,7 @@ class Store {
   Result<bool> HeldExists(std::string_view session_id, std::uint64_t sequence);
   Result<std::int64_t> CountHeld(std::string_view session_id);
   Result<std::int64_t> CountPendingInbox();
+  Result<std::int64_t> CountOutbox();
   // Deletes consumed rows received before `before` (order and dedupe do not need them).
   Result<void> PruneConsumedInbox(std::int64_t before);
 

@@ -27,6 +27,7 @@ int RunStatus(Context& ctx) {
   const json registry = s.value("registry", json::object());
   const json sessions = s.value("sessions", json::object());
   const json inbox = s.value("inbox", json::object());
+  const json outbox = s.value("outbox", json::object());
   std::vector<std::pair<std::string, std::string>> fields;
   fields.emplace_back("agent",
                       initialized ? Field(s, "amid") : "not initialized (run `amesh init`)");
@@ -51,6 +52,8 @@ int RunStatus(Context& ctx) {
   fields.emplace_back("presence", presence);
   fields.emplace_back("sessions", std::to_string(IntField(sessions, "active")) + " active");
   fields.emplace_back("inbox", std::to_string(IntField(inbox, "pending")) + " pending");
+  fields.emplace_back("outbox", std::to_string(IntField(outbox, "pending")) +
+                                    " not yet stored by the relay or acked by the recipient");
   fields.emplace_back("knocks", s.value("paused", false)
                                     ? "paused: all rejected (`amesh resume` to accept)"
                                     : "judged by the policy (`amesh policy show`)");

@@ -44,10 +44,7 @@ void WritePolicy(DaemonProcess& d, const json& policy) {
 class Mesh {
  public:
   Mesh() {
-    REQUIRE(relay_.Start({AMESH_RELAY_BIN, "--listen", "127.0.0.1:0", "--store",
-                          (dir_.path() / "relay.db").string(), "--messages-per-minute", "1000000",
-                          "--knocks-per-minute", "100000", "--max-queue", "100000"},
-                         dir_.path() / "relay.log"));
+    StartRelay("127.0.0.1:0");
 #ifdef AMESH_REGISTRY_BIN
     std::filesystem::create_directories(dir_.path() / "registry");
     REQUIRE(registry_.Start({AMESH_REGISTRY_BIN, "--listen", "127.0.0.1:0", "--db",
@@ -81,6 +78,13 @@ class Mesh {
     return *agents_.back();
   }
 
+  // kill -9 of the relay, then a new one on the same port and store.
+  void Kill9AndRestartRelay() {
+    const std::uint16_t port = relay_.port();
+    relay_.process().Kill();
+    StartRelay("127.0.0.1:" + std::to_string(port));
+  }
+
   const std::filesystem::path& dir() const { return dir_.path(); }
   std::uint16_t registry_port() { return registry_.port(); }
   std::uint16_t relay_port() { return relay_.port(); }
@@ -93,6 +97,13 @@ class Mesh {
   }
 
  private:
+  void StartRelay(const std::string& listen) {
+    REQUIRE(relay_.Start({AMESH_RELAY_BIN, "--listen", listen, "--store",
+                          (dir_.path() / "relay.db").string(), "--messages-per-minute", "1000000",
+                          "--knocks-per-minute", "100000", "--max-queue", "100000"},
+                         dir_.path() / "relay.log"));
+  }
+
   TempDir dir_;
   ServerProcess relay_;
   ServerProcess registry_;
@@ -639,6 +650,63 @@ TEST_CASE(
   CHECK(b.rpc.Call("recv", {{"limit", 10000}})["messages"].empty());
 }
 
+TEST_CASE("daemon: kill -9 of the relay during a 1000-message stream loses and duplicates nothing",
+          "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"stream"}));
+  b.rpc.Call("policy.set", {{"policy",
+                             {{"default_constraints", {{"max_messages", 100000}}},
+                              {"rate_limit", {{"messages_per_minute", 1000000}}}}}});
+  const std::string sid = OpenSession(a, b, "stream", "x-test");
+  constexpr int kCount = 1000;
+  constexpr int kChunk = 50;
+  std::vector<std::string> chunks;
+  for (int first = 1; first <= kCount; first += kChunk) {
+    std::string batch;
+    for (int i = first; i < first + kChunk; ++i) {
+      batch += json({{"jsonrpc", "2.0"},
+                     {"id", 10000 + i},
+                     {"method", "send"},
+                     {"params", {{"to", sid}, {"payload", {{"i", i}}}}}})
+                   .dump() +
+               "\n";
+    }
+    chunks.push_back(std::move(batch));
+  }
+  std::thread writer([&] {
+    for (const std::string& chunk : chunks) {
+      a.rpc.WriteRaw(chunk);
+      std::this_thread::sleep_for(2ms);
+    }
+  });
+  const auto audit = b.home() / "logs" / "audit.jsonl";
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (CountLines(audit, "message.received") < 150 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  const std::size_t at_kill = CountLines(audit, "message.received");
+  mesh.Kill9AndRestartRelay();
+  writer.join();
+  INFO("received before the kill: " << at_kill);
+  CHECK(at_kill >= 150);
+  for (int i = 1; i <= kCount; ++i) {
+    json r = a.rpc.ReadResponse(10000 + i, 60s);
+    INFO(r.dump());
+    REQUIRE(r.contains("result"));
+  }
+  json got = RecvAll(b, kCount, 120s);
+  INFO(mesh.log().substr(0, 20000));
+  REQUIRE(got.size() == static_cast<std::size_t>(kCount));
+  for (int i = 0; i < kCount; ++i) {
+    REQUIRE(got[i]["sequence"] == i + 1);
+    REQUIRE(got[i]["payload"]["i"] == i + 1);
+  }
+  std::this_thread::sleep_for(500ms);
+  CHECK(b.rpc.Call("recv", {{"limit", 10000}})["messages"].empty());
+}
+
 TEST_CASE(
     "daemon: a relay message delivered again after its ack was lost is acked and not delivered",
     "[daemon]") {
@@ -710,6 +778,48 @@ TEST_CASE(
     CHECK(b.rpc.Call("recv", {{"timeout_ms", 300}})["messages"].empty());
     CHECK(b.rpc.Call("sessions", {{"state", "active"}})["sessions"].empty());
   }
+}
+
+TEST_CASE("daemon: a message the relay only handed over stays in the outbox until its receipt",
+          "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  // Bob withholds his acks (a test flag): the relay never sends alice a receipt for these.
+  auto& b = mesh.Agent("bob", json::array({"travel"}), std::nullopt, {"--test-withhold-acks"});
+  const std::string sid = OpenSession(a, b, "conversation");
+  auto outbox = [&] { return a.rpc.Call("status")["outbox"]["pending"].get<int>(); };
+  const auto settle = [&](int want) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (outbox() != want && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(20ms);
+    }
+    return outbox();
+  };
+  CHECK(settle(0) == 0);  // the KNOCK and its answer are settled
+  for (int i = 1; i <= 3; ++i) {
+    json sent = a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", i}}}});
+    CHECK(sent["delivery"] == "delivered");
+  }
+  json got = RecvAll(b, 3, 20s);
+  REQUIRE(got.size() == 3);
+  INFO(mesh.log());
+  CHECK(outbox() == 3);
+
+  // The relay dies with the three in its memory only; bob's connection to the new relay acks.
+  mesh.Kill9AndRestartRelay();
+  REQUIRE(a.WaitRelay());
+  CHECK(b.Terminate() == 0);
+  b.extra_args.clear();
+  b.Start();
+  REQUIRE(b.WaitRelay());
+  // Alice sends the three again; bob's ratchet knows them and acks; the receipts empty the outbox.
+  CHECK(settle(0) == 0);
+  CHECK(b.rpc.Call("recv", {{"timeout_ms", 300}})["messages"].empty());
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", 4}}}});
+  got = RecvAll(b, 1, 10s);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["sequence"] == 4);
+  CHECK(settle(0) == 0);
 }
 
 TEST_CASE("daemon: kill -9 of the sender during a stream loses no acknowledged message",
