@@ -197,6 +197,9 @@ class Daemon {
   void OnReceipt(const Receipt& receipt);
   void OnRelayState(bool connected, std::string_view detail);
   void QueueRelaySend(OutboxRow row, std::function<void(std::string)> on_delivery);
+  // Writes the row to the relay link unless it was written on this connection already. When
+  // the link pushes back (its send queue is full), one retry of the whole outbox is scheduled,
+  // however many rows were pushed back.
   void SendOutboxRow(const OutboxRow& row);
   void ResendOutbox();
   void ExpireSessions();
@@ -298,6 +301,7 @@ class Daemon {
   // Relay delivery: outbox message id -> callbacks waiting for the relay's answer.
   std::unordered_map<std::string, std::vector<std::function<void(std::string)>>> delivery_waits_;
   std::unordered_set<std::string> sent_on_link_;  // outbox ids written on this connection
+  bool outbox_retry_scheduled_ = false;           // after the link pushed back
   std::unordered_set<std::string> processing_;    // relay ids being handled (async KNOCKs)
   // Session ids whose KNOCK is being evaluated, with the relay messages of that session that
   // arrived meanwhile (an optimistic first envelope): held unacked until the decision, then

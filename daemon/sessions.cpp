@@ -198,7 +198,13 @@ void Daemon::SendOutboxRow(const OutboxRow& row) {
       } else if (r.error().code == Code::kLimitExceeded) {
         // Local backpressure: try the whole outbox again shortly (order is restored by the
         // receiver's sequence check, which holds early envelopes).
-        timers_.Start(50, [this] { ResendOutbox(); });
+        if (!outbox_retry_scheduled_) {
+          outbox_retry_scheduled_ = true;
+          timers_.Start(50, [this] {
+            outbox_retry_scheduled_ = false;
+            ResendOutbox();
+          });
+        }
       } else if (r.error().code != Code::kUnavailable) {
         LogWarn(fmt::format("relay send {}: {}", row.message_id, r.error().ToString()));
       }
@@ -269,6 +275,10 @@ void Daemon::OnSendResult(const SendResult& r) {
 }
 
 void Daemon::OnReceipt(const Receipt& r) {
+  if (!r.acked) {
+    LogWarn(fmt::format("the recipient refused message {} (relay id {})", r.message_id,
+                        r.relay_message_id));
+  }
   Batch();
   (void)store_->DeleteOutbox(r.message_id);
   sent_on_link_.erase(r.message_id);

@@ -11,7 +11,8 @@
 //   sessions(session_id, ..., ratchet)      one row per session; `ratchet` is sealed state
 //   inbox(seq, relay_id, session_id, ...)   received envelopes; `held` rows wait for a missing
 //                                            sequence number, `consumed` rows were handed out
-//   outbox(message_id, ...)                  ciphertext accepted by us, not yet by the relay
+//   outbox(message_id, ...)                  ciphertext accepted by us, not yet stored by the
+//                                            relay nor acked/nacked by the recipient
 //   seen(relay_id)                           relay message ids already committed (dedupe)
 //   consumed_sessions(session_id)            session ids whose prekey message was answered
 //   transcripts(session_id, direction, …)    (version 2) sealed envelopes, in and out, kept

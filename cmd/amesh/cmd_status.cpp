@@ -53,7 +53,7 @@ int RunStatus(Context& ctx) {
   fields.emplace_back("sessions", std::to_string(IntField(sessions, "active")) + " active");
   fields.emplace_back("inbox", std::to_string(IntField(inbox, "pending")) + " pending");
   fields.emplace_back("outbox", std::to_string(IntField(outbox, "pending")) +
-                                    " not yet stored by the relay or acked by the recipient");
+                                    " not yet confirmed by the relay or the recipient");
   fields.emplace_back("knocks", s.value("paused", false)
                                     ? "paused: all rejected (`amesh resume` to accept)"
                                     : "judged by the policy (`amesh policy show`)");

@@ -273,7 +273,7 @@ TEST_CASE("status pipelines ping and status", "[cli]") {
                          {"inbox", {{"pending", 5}}},
                          {"outbox", {{"pending", 3}}}}));
   const RunResult r = f.Run({"status"});
-  CHECK(r.out.find("3 not yet stored by the relay or acked by the recipient") != std::string::npos);
+  CHECK(r.out.find("3 not yet confirmed by the relay or the recipient") != std::string::npos);
   CHECK(r.out.find("online (in the registry)") != std::string::npos);
   CHECK(r.status == 0);
   CHECK(r.out.find("not initialized (run `amesh init`)") != std::string::npos);
