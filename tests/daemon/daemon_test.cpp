@@ -581,26 +581,20 @@ TEST_CASE("daemon: offline delivery - receiver down then up", "[daemon]") {
   CHECK(got[0]["sequence"] == 6);
 }
 
-TEST_CASE(
-    "daemon: kill -9 of the receiver during a 1000-message stream loses and duplicates "
-    "nothing",
-    "[daemon]") {
-  Mesh mesh;
-  auto& a = mesh.Agent("alice");
-  auto& b = mesh.Agent("bob", json::array({"stream"}));
+// A "stream" session from a to b with limits that let a 1000-message stream through.
+std::string OpenStreamSession(DaemonProcess& a, DaemonProcess& b) {
   b.rpc.Call("policy.set", {{"policy",
                              {{"default_constraints", {{"max_messages", 100000}}},
                               {"rate_limit", {{"messages_per_minute", 1000000}}}}}});
-  const std::string sid = OpenSession(a, b, "stream", "x-test");
-  constexpr int kCount = 1000;
-  // The first half is written in paced chunks while the receiver is killed, the second after
-  // the kill: a fast receiver takes a whole pipelined burst in one loop turn, so one batch may
-  // be gone before any kill.
-  constexpr int kBeforeKill = 500;
-  constexpr int kChunk = 10;
-  auto sends = [&](int first, int last) {
+  return OpenSession(a, b, "stream", "x-test");
+}
+
+// Pipelined `send` requests (ids 10000 + i) for messages first..last, `chunk` per string.
+std::vector<std::string> StreamSends(const std::string& sid, int first, int last, int chunk) {
+  std::vector<std::string> out;
+  for (int from = first; from <= last; from += chunk) {
     std::string batch;
-    for (int i = first; i <= last; ++i) {
+    for (int i = from; i <= std::min(last, from + chunk - 1); ++i) {
       batch +=
           json({{"jsonrpc", "2.0"},
                 {"id", 10000 + i},
@@ -609,40 +603,46 @@ TEST_CASE(
               .dump() +
           "\n";
     }
-    return batch;
-  };
-  std::vector<std::string> first_half;
-  for (int i = 1; i <= kBeforeKill; i += kChunk) first_half.push_back(sends(i, i + kChunk - 1));
-  const std::string second_half = sends(kBeforeKill + 1, kCount);
-  std::thread writer([&] {
-    for (const std::string& chunk : first_half) {
+    out.push_back(std::move(batch));
+  }
+  return out;
+}
+
+// Writes the chunks 2 ms apart, so the stream is under way for a while.
+std::thread PacedWriter(DaemonProcess& a, const std::vector<std::string>& chunks) {
+  return std::thread([&a, &chunks] {
+    for (const std::string& chunk : chunks) {
       a.rpc.WriteRaw(chunk);
       std::this_thread::sleep_for(2ms);
     }
   });
-  // Kill the receiver once it has taken part of the stream.
+}
+
+// Waits until b's audit log records `count` received messages; returns how many it records.
+std::size_t WaitReceived(DaemonProcess& b, std::size_t count) {
   const auto audit = b.home() / "logs" / "audit.jsonl";
   const auto deadline = std::chrono::steady_clock::now() + 60s;
-  while (CountLines(audit, "message.received") < 150 &&
+  while (CountLines(audit, "message.received") < count &&
          std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(2ms);
+    std::this_thread::sleep_for(1ms);
   }
-  const std::size_t at_kill = CountLines(audit, "message.received");
-  b.Kill9();
-  writer.join();
-  INFO("received before the kill: " << at_kill);
-  CHECK(at_kill >= 150);
-  a.rpc.WriteRaw(second_half);
-  for (int i = 1; i <= kCount; ++i) {
+  return CountLines(audit, "message.received");
+}
+
+// Every send of the stream was answered, and b's application gets messages 1..count exactly
+// once, in order. `context` describes the state when they are not all there.
+void CheckStreamDelivered(Mesh& mesh, DaemonProcess& a, DaemonProcess& b, int count,
+                          const std::function<std::string()>& context) {
+  for (int i = 1; i <= count; ++i) {
     json r = a.rpc.ReadResponse(10000 + i, 60s);
     INFO(r.dump());
     REQUIRE(r.contains("result"));
   }
-  b.Start();
-  json got = RecvAll(b, kCount, 120s);
+  json got = RecvAll(b, static_cast<std::size_t>(count), 120s);
+  INFO((got.size() == static_cast<std::size_t>(count) ? std::string() : context()));
   INFO(mesh.log().substr(0, 20000));
-  REQUIRE(got.size() == static_cast<std::size_t>(kCount));
-  for (int i = 0; i < kCount; ++i) {
+  REQUIRE(got.size() == static_cast<std::size_t>(count));
+  for (int i = 0; i < count; ++i) {
     REQUIRE(got[i]["sequence"] == i + 1);
     REQUIRE(got[i]["payload"]["i"] == i + 1);
   }
@@ -650,68 +650,54 @@ TEST_CASE(
   CHECK(b.rpc.Call("recv", {{"limit", 10000}})["messages"].empty());
 }
 
+TEST_CASE(
+    "daemon: kill -9 of the receiver during a 1000-message stream loses and duplicates "
+    "nothing",
+    "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"stream"}));
+  const std::string sid = OpenStreamSession(a, b);
+  // The first half is written in paced chunks while the receiver is killed, the second after
+  // the kill: a fast receiver takes a whole pipelined burst in one loop turn, so one batch may
+  // be gone before any kill.
+  const auto first_half = StreamSends(sid, 1, 500, 10);
+  const auto second_half = StreamSends(sid, 501, 1000, 500);
+  std::thread writer = PacedWriter(a, first_half);
+  const std::size_t at_kill = WaitReceived(b, 150);
+  b.Kill9();
+  writer.join();
+  INFO("received before the kill: " << at_kill);
+  CHECK(at_kill >= 150);
+  a.rpc.WriteRaw(second_half[0]);
+  b.Start();
+  CheckStreamDelivered(mesh, a, b, 1000, [&] {
+    return "alice: " + a.rpc.Call("status").dump() + "\nbob: " + b.rpc.Call("status").dump() +
+           "\nrelay metrics: " + HttpGetText(mesh.relay_port(), "/metrics");
+  });
+}
+
 TEST_CASE("daemon: kill -9 of the relay during a 1000-message stream loses and duplicates nothing",
           "[daemon]") {
   Mesh mesh;
   auto& a = mesh.Agent("alice");
   auto& b = mesh.Agent("bob", json::array({"stream"}));
-  b.rpc.Call("policy.set", {{"policy",
-                             {{"default_constraints", {{"max_messages", 100000}}},
-                              {"rate_limit", {{"messages_per_minute", 1000000}}}}}});
-  const std::string sid = OpenSession(a, b, "stream", "x-test");
-  constexpr int kCount = 1000;
-  constexpr int kChunk = 50;
-  std::vector<std::string> chunks;
-  for (int first = 1; first <= kCount; first += kChunk) {
-    std::string batch;
-    for (int i = first; i < first + kChunk; ++i) {
-      batch += json({{"jsonrpc", "2.0"},
-                     {"id", 10000 + i},
-                     {"method", "send"},
-                     {"params", {{"to", sid}, {"payload", {{"i", i}}}}}})
-                   .dump() +
-               "\n";
-    }
-    chunks.push_back(std::move(batch));
-  }
+  const std::string sid = OpenStreamSession(a, b);
+  const auto chunks = StreamSends(sid, 1, 1000, 50);
   RpcClient watcher;
   REQUIRE(watcher.Connect(a.socket()));
-  std::thread writer([&] {
-    for (const std::string& chunk : chunks) {
-      a.rpc.WriteRaw(chunk);
-      std::this_thread::sleep_for(2ms);
-    }
-  });
-  const auto audit = b.home() / "logs" / "audit.jsonl";
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
-  while (CountLines(audit, "message.received") < 150 &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(1ms);
-  }
-  const std::size_t at_kill = CountLines(audit, "message.received");
+  std::thread writer = PacedWriter(a, chunks);
+  const std::size_t at_kill = WaitReceived(b, 150);
   const int unconfirmed = watcher.Call("status")["outbox"]["pending"];
   mesh.Kill9AndRestartRelay();
   writer.join();
   INFO("received before the kill: " << at_kill << ", unconfirmed: " << unconfirmed);
   CHECK(at_kill >= 150);
   CHECK(unconfirmed > 0);  // messages were in flight
-  for (int i = 1; i <= kCount; ++i) {
-    json r = a.rpc.ReadResponse(10000 + i, 60s);
-    INFO(r.dump());
-    REQUIRE(r.contains("result"));
-  }
-  json got = RecvAll(b, kCount, 120s);
-  INFO("alice: " << watcher.Call("status").dump() << "\nbob: " << b.rpc.Call("status").dump()
-                 << "\nrelay metrics: " << HttpGetText(mesh.relay_port(), "/metrics"));
-
-  INFO(mesh.log().substr(0, 20000));
-  REQUIRE(got.size() == static_cast<std::size_t>(kCount));
-  for (int i = 0; i < kCount; ++i) {
-    REQUIRE(got[i]["sequence"] == i + 1);
-    REQUIRE(got[i]["payload"]["i"] == i + 1);
-  }
-  std::this_thread::sleep_for(500ms);
-  CHECK(b.rpc.Call("recv", {{"limit", 10000}})["messages"].empty());
+  CheckStreamDelivered(mesh, a, b, 1000, [&] {
+    return "alice: " + watcher.Call("status").dump() + "\nbob: " + b.rpc.Call("status").dump() +
+           "\nrelay metrics: " + HttpGetText(mesh.relay_port(), "/metrics");
+  });
 }
 
 TEST_CASE(
