@@ -421,6 +421,7 @@ class RelayLink::Impl {
   void OnOpen() {
     if (state_ != State::kConnecting) return;
     state_ = State::kAuthenticating;
+    dropped_early_ = 0;
     const UnixNanos now = options_.now ? options_.now() : SystemNow();
     ws_->SendText(relay::BuildConnectFrame(identity_, now, false));
   }
@@ -480,7 +481,11 @@ class RelayLink::Impl {
     if (flat_.Parse(text)) {
       const std::string type = flat_.String("type");
       if (type == "receive") {
-        if (state_ == State::kConnected) Deliver(flat_, "message_id");
+        if (state_ == State::kConnected) {
+          Deliver(flat_, "message_id");
+        } else {
+          DroppedEarly();
+        }
         return;
       }
       if (type == "send_result") {
@@ -506,7 +511,7 @@ class RelayLink::Impl {
       connected_at_ = uv_now(loop_);
       Notify(true, StringMember(frame, "session_id"));
     } else if (type == "receive") {
-      if (state_ != State::kConnected) return;
+      if (state_ != State::kConnected) return DroppedEarly();
       Deliver(DomFrame(frame), "message_id");
     } else if (type == "pending_messages") {
       if (state_ != State::kConnected) return;
@@ -519,6 +524,14 @@ class RelayLink::Impl {
       OnError(frame);
     }
     // pong, presence_response, ice_offer/ice_answer, p2_p_established: not used by the link.
+  }
+
+  // A receive frame before `connected` cannot be acked: the relay keeps it in flight on this
+  // connection and delivers it again on the next one. A relay that does this is out of protocol.
+  void DroppedEarly() {
+    if (dropped_early_++ == 0) {
+      LogLine("dropped a message the relay sent before `connected` (it is delivered again later)");
+    }
   }
 
   // Returns false when the link was destroyed by the handler. Frame: FlatFrame or DomFrame.
@@ -663,6 +676,7 @@ class RelayLink::Impl {
   std::string relay_error_;
   std::string ws_error_;
   bool replaced_ = false;
+  std::uint64_t dropped_early_ = 0;  // receive frames before `connected` on this connection
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   FlatFrame flat_;  // reused: its member list keeps its capacity
 };

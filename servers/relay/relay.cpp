@@ -608,6 +608,10 @@ class Relay::Impl {
       return;
     }
     const std::string amid = verified->amid.str();
+    // Anything queued this turn (also for this agent) goes to the store now, while this
+    // connection has no route yet: CommitQueued pushes to routed connections, and a receive
+    // frame written before `connected` is dropped by the client and would stay in flight here.
+    CommitQueued();
     if (auto old = routes_.find(amid); old != routes_.end() && old->second != conn.id) {
       auto old_conn = conns_.find(old->second);
       if (old_conn != conns_.end()) {
@@ -622,7 +626,6 @@ class Relay::Impl {
     routes_[amid] = conn.id;
     presence_[amid] = Presence{PresenceStatus::kOnline, now};
     ++metrics_.connects;
-    CommitQueued();  // anything queued for this agent this turn becomes visible to PushPending
     const std::uint32_t pending = QueueCount(amid);
     out_.clear();
     AppendConnected(out_, View(FormatMessageKey(ids_.Next())), pending);

@@ -382,6 +382,61 @@ TEST_CASE("relay: unacknowledged messages are delivered again on the next connec
   CHECK((*c_connected)["pending_messages"] == 1);
 }
 
+TEST_CASE("relay: messages queued in the loop turn of the recipient's CONNECT follow `connected`",
+          "[relay]") {
+  // A client drops a receive frame that comes before `connected` (it cannot ack it yet), so
+  // none may: a message pushed early stayed in flight, unacked, until the connection ended.
+  RelayProcess relay;
+  WsTestClient a;
+  REQUIRE(a.ConnectAs(relay.url(), Identity(33)));
+  constexpr int kCount = 20;
+  // One attempt with a new recipient; returns how many messages its `connected` announced.
+  auto attempt = [&](int n) {
+    const auto b_id = Identity(static_cast<std::uint64_t>(34 + n));
+    WsTestClient b;
+    REQUIRE(b.Connect(relay.url()));
+    // Stopped, the relay reads both sockets in one turn when it resumes: a's sends first, each
+    // queued since b is not connected, then b's CONNECT. (Under load, the relay may still see
+    // them in other turns: the caller tries again.)
+    REQUIRE(relay.process().Signal(SIGSTOP, false) == 0);
+    std::set<std::string> sent;
+    for (int i = 0; i < kCount; ++i) {
+      const std::string id = "q" + std::to_string(n) + "-" + std::to_string(i);
+      a.Send(Send(AmidOf(b_id), "cXVldWVk", id));
+      sent.insert(id);
+    }
+    a.Pump(100ms);  // every frame written to the socket before b's CONNECT
+    b.Send(relay::BuildConnectFrame(b_id, Now(), false));
+    REQUIRE(relay.process().Signal(SIGCONT, false) == 0);
+    auto first = b.Recv();
+    REQUIRE(first);
+    INFO(first->dump());
+    REQUIRE((*first)["type"] == "connected");
+    std::set<std::string> message_ids;
+    for (int i = 0; i < kCount; ++i) {
+      auto m = b.RecvType("receive");
+      REQUIRE(m);
+      message_ids.insert((*m)["message_id"].get<std::string>());
+    }
+    CHECK(message_ids.size() == kCount);
+    // Acked, every one is taken from the store (or settled live) and receipted to a.
+    b.Send(json{{"type", "ack"}, {"message_ids", message_ids}});
+    std::set<std::string> receipted;
+    for (int i = 0; i < kCount; ++i) {
+      auto receipt = a.RecvType("receipt");
+      REQUIRE(receipt);
+      receipted.insert((*receipt)["id"].get<std::string>());
+    }
+    CHECK(receipted == sent);
+    CHECK(HttpGet(relay.port(), "/metrics").find("\namesh_relay_queued_messages 0") !=
+          std::string::npos);
+    return (*first)["pending_messages"].get<int>();
+  };
+  int announced = 0;
+  for (int n = 0; n < 10 && announced != kCount; ++n) announced = attempt(n);
+  CHECK(announced == kCount);  // the case itself came up: all of them queued in that turn
+}
+
 TEST_CASE("relay: queued messages expire after the TTL", "[relay]") {
   RelayProcess relay({"--store-ttl", "1", "--expiry-interval-ms", "100"});
   const auto a_id = Identity(40);
