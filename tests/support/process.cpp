@@ -19,6 +19,7 @@ TempDir::TempDir() {
 
 TempDir::~TempDir() {
   std::error_code ec;
+  if (std::getenv("AGENTMESH_TEST_KEEP_DIRS") != nullptr) return;
   if (!path_.empty()) std::filesystem::remove_all(path_, ec);
 }
 

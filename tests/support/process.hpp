@@ -16,6 +16,8 @@
 
 namespace agentmesh::testing {
 
+// A fresh directory under $TMPDIR, removed with everything in it on destruction, unless
+// AGENTMESH_TEST_KEEP_DIRS is set (for reading the logs of a failed run).
 class TempDir {
  public:
   TempDir();
