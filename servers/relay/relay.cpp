@@ -608,10 +608,6 @@ class Relay::Impl {
       return;
     }
     const std::string amid = verified->amid.str();
-    // Anything queued this turn (also for this agent) goes to the store now, while this
-    // connection has no route yet: CommitQueued pushes to routed connections, and a receive
-    // frame written before `connected` is dropped by the client and would stay in flight here.
-    CommitQueued();
     if (auto old = routes_.find(amid); old != routes_.end() && old->second != conn.id) {
       auto old_conn = conns_.find(old->second);
       if (old_conn != conns_.end()) {
@@ -622,6 +618,11 @@ class Relay::Impl {
         CloseConn(old_conn->second, 1000, "replaced");
       }
     }
+    // Anything queued this turn (also for this agent) goes to the store now: after the replaced
+    // connection's live messages (older), and while this connection has no route yet, since
+    // CommitQueued pushes to routed connections, and a receive frame written before `connected`
+    // is dropped by the client and would stay in flight here.
+    CommitQueued();
     conn.amid = amid;
     routes_[amid] = conn.id;
     presence_[amid] = Presence{PresenceStatus::kOnline, now};
@@ -683,6 +684,8 @@ class Relay::Impl {
       }
       ++sent;
     }
+    // A full load may have left more in the store: pushed as the reader acks or on the next tick.
+    if (!as_pending_frame && sent > 0 && loaded->size() >= limit) conn.more_pending = true;
     if (as_pending_frame) {
       out_.clear();
       const std::uint32_t total = QueueCount(conn.amid);
@@ -785,7 +788,10 @@ class Relay::Impl {
         if (frame.id) f.client_id = *frame.id;
         return;
       }
-      // Backpressure: the reader is being disconnected; fall through to the durable queue.
+      // The reader is being disconnected (backpressure closes it at once; a socket that is no
+      // longer open is closed now): its live messages are stored before this one, which falls
+      // through to the durable queue behind them.
+      if (!target->closing) CloseConn(*target, 1011, "connection not writable");
     }
     QueuedMessage m;
     m.message_id = std::string(View(message_id));
