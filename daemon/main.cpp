@@ -129,6 +129,16 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
+    // The shared runtime directory's agentmesh/ is private to the user, also when it already
+    // existed (the home was made 0700 above). The parent of a socket path given by the user is
+    // the user's choice (the socket itself is 0600 and peers are checked).
+    if (!Env("XDG_RUNTIME_DIR").empty() &&
+        socket_dir == std::filesystem::absolute(Env("XDG_RUNTIME_DIR")) / "agentmesh") {
+      if (auto r = MakePrivateDir(socket_dir); !r) {
+        std::fprintf(stderr, "agentmeshd: %s\n", r.error().message.c_str());
+        return 1;
+      }
+    }
 
     // One daemon per home: the lock is held for the life of the process.
     const int lock_fd =

@@ -143,6 +143,29 @@ Result<void> MakeDirs(const std::filesystem::path& path, unsigned mode) {
   return {};
 }
 
+Result<void> MakePrivateDir(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    return Fail(Code::kIo, fmt::format("cannot read {}: {}", path.string(), std::strerror(errno)));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return Fail(
+        Code::kConflict,
+        fmt::format("{} is not a directory (a symlink is not accepted either)", path.string()));
+  }
+  if (st.st_uid != ::getuid()) {
+    return Fail(Code::kPermissionDenied,
+                fmt::format("{} belongs to uid {}, not to this user (uid {}): remove it or choose "
+                            "another --socket",
+                            path.string(), st.st_uid, ::getuid()));
+  }
+  if ((st.st_mode & 07777) != 0700 && ::chmod(path.c_str(), 0700) != 0) {
+    return Fail(Code::kIo, fmt::format("cannot make {} private (0700): {}", path.string(),
+                                       std::strerror(errno)));
+  }
+  return {};
+}
+
 void SetLogLevel(LogLevel level) { g_level = level; }
 
 Result<LogLevel> ParseLogLevel(std::string_view name) {

@@ -51,6 +51,10 @@ Result<void> WriteFileAtomic(const std::filesystem::path& path, std::string_view
                              unsigned mode = 0600);
 // mkdir -p with `mode` for every directory created (existing ones are left alone).
 Result<void> MakeDirs(const std::filesystem::path& path, unsigned mode = 0700);
+// Checks that `path` is a directory (not a symlink) owned by this uid, and makes it mode 0700.
+// Errors: kIo (cannot stat or chmod), kConflict (not a directory), kPermissionDenied (another
+// owner).
+Result<void> MakePrivateDir(const std::filesystem::path& path);
 
 // ---- Logging: "2026-11-24T10:00:00.123Z agentmeshd INFO message" on stderr (which is the log
 // file once daemonized). Messages must never contain secret material.

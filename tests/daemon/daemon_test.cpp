@@ -3,10 +3,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 
 #include <atomic>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -1100,6 +1102,90 @@ TEST_CASE("daemon: an explicit home beats XDG_RUNTIME_DIR for the socket", "[dae
   CHECK(c1.Call("status")["home"] == h1.string());
   CHECK(c2.Call("status")["home"] == h2.string());
   CHECK_FALSE(std::filesystem::exists(run / "agentmesh" / "agentmeshd.sock"));
+}
+
+TEST_CASE("daemon: $XDG_RUNTIME_DIR/agentmesh is made private, and refused if not ours",
+          "[daemon]") {
+  TempDir dir;
+  const auto run = dir.path() / "run";
+  const auto socket_dir = run / "agentmesh";
+  std::filesystem::create_directories(socket_dir);
+  ::chmod(socket_dir.c_str(), 0755);  // left open by someone, before the daemon's first start
+  const std::string saved_home = std::getenv("HOME") != nullptr ? std::getenv("HOME") : "";
+  auto start = [&](ChildProcess& d, const std::string& log) {
+    ::setenv("XDG_RUNTIME_DIR", run.c_str(), 1);
+    ::setenv("HOME", (dir.path() / "user").c_str(), 1);
+    ::unsetenv("AGENTMESH_SOCKET");
+    ::unsetenv("AGENTMESH_HOME");
+    const bool started = d.Start({AGENTMESHD_BIN, "--foreground"}, dir.path() / log);
+    ::unsetenv("XDG_RUNTIME_DIR");
+    ::setenv("HOME", saved_home.c_str(), 1);
+    return started;
+  };
+  {
+    ChildProcess d;
+    REQUIRE(start(d, "1.log"));
+    INFO(d.StderrLog());
+    REQUIRE(d.WaitForLine("listening on", 30s).has_value());
+    struct stat st {};
+    REQUIRE(::stat(socket_dir.c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0700);
+    REQUIRE(::stat((socket_dir / "agentmeshd.sock").c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+    CHECK(d.Signal(SIGTERM, true) == 0);
+  }
+  if (::getuid() != 0) {
+    WARN("not root: the foreign-owner case needs chown");
+    return;
+  }
+  REQUIRE(::chown(socket_dir.c_str(), 65534, 65534) == 0);
+  ChildProcess d;
+  REQUIRE(start(d, "2.log"));
+  const int status = d.Signal(0, true, 20s);  // it exits by itself
+  INFO(d.StderrLog());
+  REQUIRE(status != -1);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 1);
+  CHECK(d.StderrLog().find("belongs to uid 65534") != std::string::npos);
+}
+
+TEST_CASE("daemon: a connection from another uid is closed before it is read", "[daemon]") {
+  if (::getuid() != 0) {
+    WARN("not root: cannot connect as another uid");
+    return;
+  }
+  TempDir dir;
+  // A socket another uid can reach: the parent directories searchable, the socket 0666.
+  ::chmod(dir.path().c_str(), 0711);
+  DaemonProcess d(dir.path() / "home", "http://127.0.0.1:9", "ws://127.0.0.1:9/v1/connect");
+  d.Start();
+  ::chmod(d.home().c_str(), 0711);
+  REQUIRE(::chmod(d.socket().c_str(), 0666) == 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, d.socket().c_str(), sizeof addr.sun_path - 1);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // Exit status: 0 closed unanswered, 1 answered, 2 setup failed, 3 could not connect.
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(2);
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    if (fd < 0) ::_exit(2);
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) ::_exit(3);
+    const char ping[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
+    (void)!::write(fd, ping, sizeof ping - 1);
+    char buf[256];
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    ::_exit(n > 0 ? 1 : 0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  INFO(d.log());
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(d.log().find("refused a connection from uid 65534") != std::string::npos);
+  // The daemon's own user still gets answers.
+  CHECK(d.rpc.Call("ping").is_object());
 }
 
 // CPU time a process has used so far (user + system), in clock ticks, from /proc/PID/stat.
