@@ -298,6 +298,26 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
     CHECK(WIFEXITED(status));
   }
 
+  SECTION("no answer in time: knock and send --wait exit 5") {
+    // Nobody serves bob's requests: the KNOCK is accepted, the request stays unanswered.
+    r = alice({"send", bob_amid, "--intent", "weather/forecast", R"({"city":"Oslo"})", "--wait",
+               "1"});
+    INFO(r.err);
+    CHECK(r.status == amesh::kExitTimeout);
+    CHECK(Contains(r.err, "no response"));
+    CHECK(r.out.empty());  // nothing for a pipe to take as the response
+    // Bob's daemon stopped: the KNOCK gets neither ACCEPT nor REJECT.
+    const json pong = bob.Json({"rpc", "ping"});
+    const pid_t pid = pong.value("pid", 0);
+    REQUIRE(pid > 0);
+    REQUIRE(::kill(pid, SIGSTOP) == 0);
+    r = alice({"knock", bob_amid, "--intent", "chat", "--timeout", "1"});
+    ::kill(pid, SIGCONT);
+    INFO(r.err);
+    CHECK(r.status == amesh::kExitTimeout);
+    CHECK(Contains(r.err, "no answer"));
+  }
+
   SECTION("a conversation by recv and reply") {
     const json session = alice.Json(
         {"knock", bob_amid, "--intent", "chat", "--type", "conversation", "--timeout", "10"});
