@@ -464,6 +464,8 @@ void Daemon::Reload() {
   if (auto level = ParseLogLevel(config_.log_level)) SetLogLevel(*level);
   if (auto r = LoadPolicy(); !r) {
     LogError("reload: keeping the running policy: " + r.error().ToString());
+  } else {
+    Audit("policy.reloaded", {{"path", policy_path_.string()}, {"trigger", "sighup"}});
   }
   ApplyNetworkConfig();
   LogInfo("configuration and policy reloaded");
@@ -814,15 +816,6 @@ void Daemon::LookupPeer(const std::string& amid_text, bool fresh,
     return;
   }
   registry_->Lookup(*amid, [this, amid_text, done = std::move(done)](Result<nlohmann::json> r) {
-    const bool reachable =
-        r || (r.error().code != Code::kUnavailable && r.error().code != Code::kTimeout);
-    if (reachable != registry_reachable_) {
-      registry_reachable_ = reachable;
-      registry_error_ = reachable ? "" : r.error().message;
-      nlohmann::json ev = {{"url", config_.registry_url}, {"reachable", reachable}};
-      if (!reachable) ev["error"] = registry_error_;
-      Emit("registry.status", "registry", ev);
-    }
     if (r) {
       if (lookup_cache_.size() > 10000) lookup_cache_.clear();
       lookup_cache_[amid_text] = {*r, Now()};
@@ -878,6 +871,20 @@ void Daemon::ApplyNetworkConfig() {
     opts.base_url = config_.registry_url;
     opts.ca_file = config_.registry_ca_file;
     opts.timeout_ms = 10'000;
+    opts.on_reachability = [this, registry_key](bool reachable, const std::string& error) {
+      if (registry_key != registry_in_use_) return;  // a retired client's late answer
+      if (reachable == registry_reachable_ && error == registry_error_) return;
+      registry_reachable_ = reachable;
+      registry_error_ = error;
+      nlohmann::json ev = {{"url", config_.registry_url}, {"reachable", reachable}};
+      if (!reachable) ev["error"] = error;
+      if (reachable) {
+        LogInfo("registry reachable (" + config_.registry_url + ")");
+      } else {
+        LogWarn("registry unreachable: " + error);
+      }
+      Emit("registry.status", "registry", ev);
+    };
     registry_ = std::make_unique<RegistryClient>(loop_, std::move(opts));
     registry_in_use_ = registry_key;
     lookup_cache_.clear();
@@ -945,7 +952,7 @@ void Daemon::Housekeeping() {
   if (mtime != policy_mtime_) {
     if (auto r = LoadPolicy(); r) {
       LogInfo("policy.json changed: reloaded");
-      Audit("policy.reloaded", {{"path", policy_path_.string()}});
+      Audit("policy.reloaded", {{"path", policy_path_.string()}, {"trigger", "file_changed"}});
     } else {
       policy_mtime_ = mtime;
       LogError("policy.json changed but is invalid, keeping the running policy: " +

@@ -547,7 +547,6 @@ void Register(Daemon& d, const json& p, Responder reply) {
       d.identity_->signing, d.identity_->exchange.public_key, extra,
       [&d, reply, finish](Result<json> r) {
         if (r) {
-          d.registry_reachable_ = true;
           std::string tier = "anonymous";
           if (r->is_object() && r->contains("tier")) {
             if (auto t = TierFromJson((*r)["tier"])) tier = std::string(ToString(*t));

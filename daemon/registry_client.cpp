@@ -233,6 +233,17 @@ class RegistryClient::Impl {
     FreeRequest(*req);
     JsonCallback done = std::move(req->done);
     req.reset();
+    if (options_.on_reachability) {
+      const bool reachable = result || (result.error().code != Code::kUnavailable &&
+                                        result.error().code != Code::kTimeout);
+      std::weak_ptr<bool> alive = alive_;
+      try {
+        options_.on_reachability(reachable, reachable ? std::string() : result.error().message);
+      } catch (...) {
+        std::fprintf(stderr, "agentmeshd: registry reachability callback threw\n");
+      }
+      if (alive.expired()) return;
+    }
     Invoke(done, std::move(result));
   }
 

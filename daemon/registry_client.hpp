@@ -59,6 +59,9 @@ struct RegistryClientOptions {
   // Wall clock used for request timestamps. Empty = the system clock (std::chrono::system_clock).
   // (Addition to the agreed interface; existing aggregate initialisations are unaffected.)
   std::function<UnixNanos()> now{};
+  // Called on the loop after every finished request, before its own callback: whether the
+  // registry answered at all (any HTTP answer but a gateway's 502/503/504), and if not, why.
+  std::function<void(bool reachable, const std::string& error)> on_reachability{};
 };
 
 // GET /v1/registry/search?capability=…&tier_min=…&reputation_min=…&status=…&limit=…&offset=…

@@ -408,6 +408,35 @@ TEST_CASE("daemon: register and search", "[daemon]") {
   CHECK(a.rpc.CallError("lookup", {{"amid", "1111111111111111111111111111"}})["code"] == -32602);
 }
 
+TEST_CASE("daemon: registry.status events follow whether the registry answers", "[daemon]") {
+  Mesh mesh;
+  const std::string registry = "http://127.0.0.1:" + std::to_string(mesh.registry_port());
+  DaemonProcess d(mesh.dir() / "dave", registry, mesh.relay_url());
+  d.Start();
+  REQUIRE(d.Init("dave")["created"] == true);
+  d.rpc.Call("subscribe", {{"events", json::array({"registry.status"})}});
+  d.rpc.Call("register", {{"capabilities", json::array({"chess"})}});
+  auto up = d.rpc.WaitEvent("registry.status", 10s);
+  INFO(d.log());
+  REQUIRE(up.has_value());
+  CHECK((*up)["registry"] == json{{"url", registry}, {"reachable", true}});
+  CHECK(d.rpc.Call("status")["registry"]["reachable"] == true);
+  // Pointed at a port where nothing listens (config + SIGHUP): the next call reports it.
+  std::ofstream(d.home() / "config.json")
+      << json{{"registry_url", "http://127.0.0.1:9"}, {"relay_url", mesh.relay_url()}}.dump();
+  d.Hup();
+  std::this_thread::sleep_for(300ms);
+  CHECK(d.rpc.CallError("search", {{"capability", "chess"}})["code"].is_number());
+  auto down = d.rpc.WaitEvent("registry.status", 15s);
+  REQUIRE(down.has_value());
+  CHECK((*down)["registry"]["reachable"] == false);
+  CHECK((*down)["registry"]["url"] == "http://127.0.0.1:9");
+  CHECK_FALSE((*down)["registry"]["error"].get<std::string>().empty());
+  json status = d.rpc.Call("status")["registry"];
+  CHECK(status["reachable"] == false);
+  CHECK(status["error"] == (*down)["registry"]["error"]);
+}
+
 TEST_CASE("daemon: knock accepted then request and response", "[daemon]") {
   Mesh mesh;
   auto& a = mesh.Agent("alice");
@@ -456,7 +485,13 @@ TEST_CASE("daemon: knock accepted then request and response", "[daemon]") {
   bool closed = false;
   for (auto& s : sessions["sessions"]) closed = closed || s["session_id"] == sid;
   CHECK(closed);
+  closed = false;
+  sessions = b.rpc.Call("sessions", {{"state", "closed"}});
+  for (auto& s : sessions["sessions"]) closed = closed || s["session_id"] == sid;
+  CHECK(closed);  // the responder closed it when it sent the response
   CHECK(a.rpc.CallError("send", {{"to", sid}, {"payload", json::object()}})["code"] == -32002);
+  CHECK(b.rpc.CallError("reply", {{"session_id", sid}, {"payload", json::object()}})["code"] ==
+        -32002);
 
   // send AMID --intent … with wait_ms: knocks, sends, returns the response.
   REQUIRE(a.rpc.WriteRaw(json({{"jsonrpc", "2.0"},
@@ -480,6 +515,11 @@ TEST_CASE("daemon: knock accepted then request and response", "[daemon]") {
   json again = a.rpc.Call("send", {{"to", Amid(b)}, {"intent", "travel"}, {"payload", {{"q", 3}}}});
   CHECK(again["session_id"] == waited["result"]["session_id"]);
   CHECK(again["sequence"] == 2);
+  // Another intent category is another session: the cache is keyed by it too.
+  json other =
+      a.rpc.Call("send", {{"to", Amid(b)}, {"intent", "weather"}, {"payload", {{"q", 4}}}});
+  CHECK(other["session_id"] != again["session_id"]);
+  CHECK(other["sequence"] == 1);
 
   // audit: the last events, oldest first, never a payload.
   json events = b.rpc.Call("audit", {{"limit", 3}})["events"];
@@ -492,8 +532,8 @@ TEST_CASE("daemon: knock accepted then request and response", "[daemon]") {
   CHECK(b.rpc.Call("transcript", {{"session_id", sid}})["messages"].empty());
 
   const auto audit = mesh.dir() / "bob" / "logs" / "audit.jsonl";
-  CHECK(CountLines(audit, "\"knock.decided\"") == 2);
-  CHECK(CountLines(audit, "\"message.received\"") >= 3);
+  CHECK(CountLines(audit, "\"knock.decided\"") == 3);
+  CHECK(CountLines(audit, "\"message.received\"") >= 4);
 }
 
 TEST_CASE("daemon: knock rejected - blocked or intent_not_accepted or not_in_allowlist or paused",
@@ -522,6 +562,13 @@ TEST_CASE("daemon: knock rejected - blocked or intent_not_accepted or not_in_all
   CHECK(knock_error("travel") == "paused");
   b.rpc.Call("resume");
   CHECK(a.rpc.Call("knock", {{"amid", Amid(b)}, {"intent", "travel"}})["state"] == "active");
+  // The initiator audits each refusal with the peer's reason.
+  const std::string a_audit = ReadAll(a.home() / "logs" / "audit.jsonl");
+  CHECK(CountLines(a.home() / "logs" / "audit.jsonl", "\"knock.rejected_by_peer\"") == 4);
+  for (const char* reason : {"blocked", "intent_not_accepted", "not_in_allowlist", "paused"}) {
+    INFO(reason);
+    CHECK(a_audit.find(std::string("\"reason\":\"") + reason + "\"") != std::string::npos);
+  }
 
   // policy.test is a dry run with a trace.
   json t = b.rpc.Call("policy.test", {{"knock", {{"from", a_amid}, {"intent", "travel"}}},
@@ -930,6 +977,55 @@ TEST_CASE("daemon: payload schemas are checked per schema_validation mode", "[da
   // Payloads naming no schema, or a custom one, are not checked.
   a.rpc.Call("send", {{"to", sid}, {"payload", {{"schema", "x-acme/thing/v1"}, {"n", 1}}}});
   CHECK(RecvAll(b, 1, 10s).size() == 1);
+  // off (c): neither sent nor received payloads are checked or audited.
+  auto& c = mesh.Agent("carol", json::array({"travel"}), json{{"schema_validation", "off"}});
+  const std::string to_c = OpenSession(a, c, "conversation");
+  a.rpc.Call("send", {{"to", to_c}, {"payload", bad}});
+  json got = RecvAll(c, 1, 10s);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["payload"] == bad);
+  c.rpc.Call("reply", {{"session_id", to_c}, {"payload", bad}});  // not refused
+  got = RecvAll(a, 1, 10s, {{"session_id", to_c}});
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["payload"] == bad);
+  CHECK(CountLines(c.home() / "logs" / "audit.jsonl", "schema.invalid") == 0);
+}
+
+TEST_CASE("daemon: status and capability negotiation messages keep their types", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel/flights"}));
+  const std::string sid = OpenSession(a, b, "request_response");
+  const json need = {{"i_need", json::array({"flight_search"})},
+                     {"i_offer", json::array({"structured_parameters"})},
+                     {"languages", json::array({"en"})}};
+  a.rpc.Call("send", {{"to", sid}, {"type", "capability_negotiation"}, {"payload", need}});
+  json got = RecvAll(b, 1, 10s);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["type"] == "capability_negotiation");
+  CHECK(got[0]["payload"] == need);
+  const json match = {{"matched", json::array({"flight_search"})}, {"agreed_language", "en"}};
+  b.rpc.Call(
+      "reply",
+      {{"session_id", sid}, {"type", "capability_negotiation_response"}, {"payload", match}});
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"q", "TLV-LHR"}}}});
+  // A status before the response leaves a request_response session open; the response ends it.
+  const json status = {{"status", "processing"}, {"progress", 0.6}, {"message", "searching"}};
+  REQUIRE(RecvAll(b, 1, 10s).size() == 1);
+  b.rpc.Call("reply", {{"session_id", sid}, {"type", "status"}, {"payload", status}});
+  got = RecvAll(a, 2, 10s);
+  REQUIRE(got.size() == 2);
+  CHECK(got[0]["type"] == "capability_negotiation_response");
+  CHECK(got[0]["payload"] == match);
+  CHECK(got[1]["type"] == "status");
+  CHECK(got[1]["payload"] == status);
+  CHECK(a.rpc.Call("sessions", {{"state", "active"}})["sessions"].size() == 1);
+  b.rpc.Call("reply", {{"session_id", sid}, {"payload", {{"flight", "LH1"}}}});
+  got = RecvAll(a, 1, 10s);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["type"] == "response");
+  CHECK(a.rpc.Call("sessions", {{"state", "active"}})["sessions"].empty());
+  CHECK(b.rpc.Call("sessions", {{"state", "active"}})["sessions"].empty());
 }
 
 TEST_CASE("daemon: constraint breach closes the session", "[daemon]") {
@@ -1006,11 +1102,16 @@ TEST_CASE("daemon: policy reload on SIGHUP and on file change", "[daemon]") {
   b.Hup();
   std::this_thread::sleep_for(300ms);
   CHECK(b.rpc.Call("policy.get")["policy"]["blocklist"] == json::array({Amid(a)}));
+  CHECK(b.log().find("min_reputation") != std::string::npos);  // the error names the key
   // Edited without a signal: picked up within a couple of seconds.
   WritePolicy(b, json::object());
   std::this_thread::sleep_for(2500ms);
   CHECK(b.rpc.Call("policy.get")["policy"]["blocklist"].empty());
   CHECK(a.rpc.Call("knock", {{"amid", Amid(b)}, {"intent", "travel"}})["state"] == "active");
+  // Audited: the reload on SIGHUP and the one on change.
+  const auto audit = b.home() / "logs" / "audit.jsonl";
+  CHECK(CountLines(audit, "\"trigger\":\"sighup\"") >= 1);
+  CHECK(CountLines(audit, "\"trigger\":\"file_changed\"") >= 1);
 }
 
 TEST_CASE("daemon: payload plaintext never reaches the relay store or the daemon database",
