@@ -10,9 +10,9 @@ __amesh_spec() {
     "lookup") subs=''; opts='--help -h --socket --home --version --json --no-autostart'; valopts='--socket --home' ;;
     "search") subs=''; opts='--help -h --tier-min --reputation-min --limit --offset --status --socket --home --version --json --no-autostart'; valopts='--tier-min --reputation-min --limit --offset --status --socket --home' ;;
     "knock") subs=''; opts='--help -h --intent -i --action -a --type -t --ttl --expected-messages --unsigned --timeout --socket --home --version --json --no-autostart'; valopts='--intent -i --action -a --type -t --ttl --expected-messages --timeout --socket --home' ;;
-    "send") subs=''; opts='--help -h --intent -i --action -a --type -t --wait -w --socket --home --version --json --no-autostart'; valopts='--intent -i --action -a --type -t --wait -w --socket --home' ;;
+    "send") subs=''; opts='--help -h --intent -i --action -a --type -t --idempotency-key -k --wait -w --socket --home --version --json --no-autostart'; valopts='--intent -i --action -a --type -t --idempotency-key -k --wait -w --socket --home' ;;
     "recv") subs=''; opts='--help -h --follow -f --session -s --from --timeout --limit --socket --home --version --json --no-autostart'; valopts='--session -s --from --timeout --limit --socket --home' ;;
-    "reply") subs=''; opts='--help -h --type -t --socket --home --version --json --no-autostart'; valopts='--type -t --socket --home' ;;
+    "reply") subs=''; opts='--help -h --type -t --idempotency-key -k --socket --home --version --json --no-autostart'; valopts='--type -t --idempotency-key -k --socket --home' ;;
     "close") subs=''; opts='--help -h --reason --summary --socket --home --version --json --no-autostart'; valopts='--reason --summary --socket --home' ;;
     "sessions") subs=''; opts='--help -h --state --socket --home --version --json --no-autostart'; valopts='--state --socket --home' ;;
     "policy") subs='show set test'; opts='--help -h --socket --home --version --json --no-autostart'; valopts='--socket --home' ;;
@@ -73,6 +73,7 @@ __amesh_value() {
     "send|--intent"|"send|-i") COMPREPLY=() ;;
     "send|--action"|"send|-a") COMPREPLY=() ;;
     "send|--type"|"send|-t") COMPREPLY=($(compgen -W 'request response status error capability_negotiation capability_negotiation_response' -- "$cur")) ;;
+    "send|--idempotency-key"|"send|-k") COMPREPLY=() ;;
     "send|--wait"|"send|-w") COMPREPLY=() ;;
     "send|--socket") COMPREPLY=($(compgen -f -- "$cur")) ;;
     "send|--home") COMPREPLY=($(compgen -f -- "$cur")) ;;
@@ -83,6 +84,7 @@ __amesh_value() {
     "recv|--socket") COMPREPLY=($(compgen -f -- "$cur")) ;;
     "recv|--home") COMPREPLY=($(compgen -f -- "$cur")) ;;
     "reply|--type"|"reply|-t") COMPREPLY=($(compgen -W 'response status error request capability_negotiation_response' -- "$cur")) ;;
+    "reply|--idempotency-key"|"reply|-k") COMPREPLY=() ;;
     "reply|--socket") COMPREPLY=($(compgen -f -- "$cur")) ;;
     "reply|--home") COMPREPLY=($(compgen -f -- "$cur")) ;;
     "close|--reason") COMPREPLY=() ;;

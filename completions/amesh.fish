@@ -70,6 +70,7 @@ complete -c amesh -n '__fish_seen_subcommand_from knock; and not __fish_seen_sub
 complete -c amesh -n '__fish_seen_subcommand_from send; and not __fish_seen_subcommand_from policy daemon' -l intent -s i -x -d 'CATEGORY[/SUBCATEGORY] for a new session'
 complete -c amesh -n '__fish_seen_subcommand_from send; and not __fish_seen_subcommand_from policy daemon' -l action -s a -x -d 'the intended action, for a new session'
 complete -c amesh -n '__fish_seen_subcommand_from send; and not __fish_seen_subcommand_from policy daemon' -l type -s t -x -a 'request response status error capability_negotiation capability_negotiation_response' -d 'envelope type (default request)'
+complete -c amesh -n '__fish_seen_subcommand_from send; and not __fish_seen_subcommand_from policy daemon' -l idempotency-key -s k -x -d 'send at most once under KEY: a retry with the same KEY'
 complete -c amesh -n '__fish_seen_subcommand_from send; and not __fish_seen_subcommand_from policy daemon' -l wait -s w -x -d 'wait for the response'
 
 # amesh recv
@@ -81,6 +82,7 @@ complete -c amesh -n '__fish_seen_subcommand_from recv; and not __fish_seen_subc
 
 # amesh reply
 complete -c amesh -n '__fish_seen_subcommand_from reply; and not __fish_seen_subcommand_from policy daemon' -l type -s t -x -a 'response status error request capability_negotiation_response' -d 'envelope type (default response)'
+complete -c amesh -n '__fish_seen_subcommand_from reply; and not __fish_seen_subcommand_from policy daemon' -l idempotency-key -s k -x -d 'reply at most once under KEY'
 
 # amesh close
 complete -c amesh -n '__fish_seen_subcommand_from close; and not __fish_seen_subcommand_from policy daemon' -l reason -x -d 'why (default completed)'

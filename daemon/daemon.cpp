@@ -965,6 +965,7 @@ void Daemon::Housekeeping() {
   if (ticks % 3600 == 0) {
     Batch();
     (void)store_->PruneSeen(Now() - 7LL * 86400 * kNanosPerSecond);
+    (void)store_->PruneSentKeys(Now() - 86400LL * kNanosPerSecond);
     (void)store_->PruneConsumedInbox(Now() - 86400LL * kNanosPerSecond);
     const UnixNanos now = Now();
     std::erase_if(knock_buckets_,

@@ -165,13 +165,18 @@ class Daemon {
       EnvelopeType type = EnvelopeType::kRequest;
       nlohmann::json payload;
       std::function<void(RpcResult)> done;
+      std::string idempotency_key;
     };
     std::optional<FirstMessage> first_message;
   };
   void StartKnock(KnockRequest request, std::function<void(RpcResult)> done);
   // Sends one envelope on an active session. `done` gets {session_id, sequence, delivery}.
+  // With an `idempotency_key` already used (kept 24 h), nothing is sent and `done` gets the first
+  // send's {session_id, sequence, delivery:"duplicate"}; else the key is recorded with the send.
   void SendEnvelope(const std::string& session_id, EnvelopeType type, nlohmann::json payload,
-                    std::function<void(RpcResult)> done);
+                    std::function<void(RpcResult)> done, const std::string& idempotency_key = {});
+  // The answer to a send whose idempotency key was used before, if it was.
+  std::optional<RpcResult> EarlierSend(const std::string& idempotency_key);
   // Records a session's messages_per_minute (memory and meta "session_mpm:<id>").
   void SetSessionRate(LiveSession& session, std::uint32_t messages_per_minute);
   // Ends a session: "closed" (sends a close envelope when `notify_peer`), "killed", "expired".

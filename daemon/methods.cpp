@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -569,6 +570,23 @@ void Register(Daemon& d, const json& p, Responder reply) {
       });
 }
 
+// `idempotency_key`: 1-128 characters of [A-Za-z0-9_.:-], or absent.
+std::expected<std::string, RpcError> IdempotencyKey(const json& p) {
+  auto key = OptString(p, "idempotency_key");
+  if (!key) return std::unexpected(key.error());
+  if (!*key) return std::string();
+  const std::string& k = **key;
+  const bool ok = !k.empty() && k.size() <= 128 && std::all_of(k.begin(), k.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || c == '.' || c == ':' ||
+           c == '-';
+  });
+  if (!ok) {
+    return std::unexpected(
+        BadParam("idempotency_key", "must be 1-128 characters of [A-Za-z0-9_.:-]").error());
+  }
+  return k;
+}
+
 void Reply(Daemon& d, const json& p, Responder reply) {
   if (!d.identity_) return reply(NotInitialized());
   auto sid = ReqString(p, "session_id");
@@ -586,7 +604,10 @@ void Reply(Daemon& d, const json& p, Responder reply) {
                           "capability_negotiation(_response); use close to close"));
   }
   if (auto v = ValidatePayload(*type, *payload); !v) return reply(RpcFail(v.error()));
-  d.SendEnvelope(*sid, *type, *payload, [reply](RpcResult r) { reply(std::move(r)); });
+  auto key = IdempotencyKey(p);
+  if (!key) return reply(std::unexpected(key.error()));
+  d.SendEnvelope(
+      *sid, *type, *payload, [reply](RpcResult r) { reply(std::move(r)); }, *key);
 }
 
 void Resume(Daemon& d, const json&, Responder reply) {
@@ -648,29 +669,35 @@ void AwaitResponse(Daemon& d, const std::string& sid, const std::shared_ptr<Send
                    std::uint64_t wait_ms);
 
 void SendOnSession(Daemon& d, const std::string& sid, EnvelopeType type, json payload,
-                   std::optional<std::uint64_t> wait_ms, Responder reply) {
+                   std::optional<std::uint64_t> wait_ms, const std::string& key, Responder reply) {
   if (!wait_ms) {
-    d.SendEnvelope(sid, type, std::move(payload), [reply](RpcResult r) { reply(std::move(r)); });
+    d.SendEnvelope(
+        sid, type, std::move(payload), [reply](RpcResult r) { reply(std::move(r)); }, key);
     return;
   }
+  // A retried send that was sent before: its response may have been read already; no waiting.
+  if (auto earlier = d.EarlierSend(key)) return reply(std::move(*earlier));
   if (d.response_waits_.contains(sid)) {
     return reply(RpcFail(MakeError(
         Code::kConflict, "another call is already waiting for this session's response", "to")));
   }
   auto wait = std::make_shared<SendWait>();
   wait->reply = reply;
-  d.SendEnvelope(sid, type, std::move(payload), [&d, wait, sid](RpcResult r) {
-    if (!r) {
-      auto it = d.response_waits_.find(sid);
-      if (it != d.response_waits_.end()) {
-        d.timers_.Cancel(it->second.timer);
-        d.response_waits_.erase(it);
-      }
-      return wait->Fail(r.error());
-    }
-    wait->result = std::move(*r);
-    wait->Finish();
-  });
+  d.SendEnvelope(
+      sid, type, std::move(payload),
+      [&d, wait, sid](RpcResult r) {
+        if (!r) {
+          auto it = d.response_waits_.find(sid);
+          if (it != d.response_waits_.end()) {
+            d.timers_.Cancel(it->second.timer);
+            d.response_waits_.erase(it);
+          }
+          return wait->Fail(r.error());
+        }
+        wait->result = std::move(*r);
+        wait->Finish();
+      },
+      key);
   if (wait->done) return;
   AwaitResponse(d, sid, wait, *wait_ms);
 }
@@ -705,7 +732,7 @@ void AwaitResponse(Daemon& d, const std::string& sid, const std::shared_ptr<Send
 // result (plus `optimistic:true`; with wait_ms, after the response), REJECT → -32011 (the peer
 // dropped the envelope unread: data.message_dropped).
 void SendOptimistic(Daemon& d, Daemon::KnockRequest req, EnvelopeType type, json payload,
-                    std::optional<std::uint64_t> wait_ms, Responder reply) {
+                    std::optional<std::uint64_t> wait_ms, const std::string& key, Responder reply) {
   struct State {
     std::optional<RpcResult> first, knock;
     bool done = false;
@@ -733,11 +760,12 @@ void SendOptimistic(Daemon& d, Daemon::KnockRequest req, EnvelopeType type, json
     wait->result = std::move(result);
     AwaitResponse(d, sid, wait, *wait_ms);
   };
-  req.first_message =
-      Daemon::KnockRequest::FirstMessage{type, std::move(payload), [st, finish](RpcResult r) {
-                                           st->first = std::move(r);
-                                           finish();
-                                         }};
+  req.first_message = Daemon::KnockRequest::FirstMessage{type, std::move(payload),
+                                                         [st, finish](RpcResult r) {
+                                                           st->first = std::move(r);
+                                                           finish();
+                                                         },
+                                                         key};
   d.StartKnock(std::move(req), [st, finish](RpcResult r) {
     st->knock = std::move(r);
     // A KNOCK that failed before anything was sent never runs the first message's callback.
@@ -765,9 +793,13 @@ void Send(Daemon& d, const json& p, Responder reply) {
   if (auto v = ValidatePayload(*type, *payload_it); !v) return reply(RpcFail(v.error()));
   auto wait_ms = OptUint(p, "wait_ms", 86'400'000);
   if (!wait_ms) return reply(std::unexpected(wait_ms.error()));
+  auto key = IdempotencyKey(p);
+  if (!key) return reply(std::unexpected(key.error()));
+  // A retry of a send that went out: answered before any session lookup or KNOCK.
+  if (auto earlier = d.EarlierSend(*key)) return reply(std::move(*earlier));
   json payload = *payload_it;
   if (LooksLikeSessionId(*to)) {
-    return SendOnSession(d, *to, *type, std::move(payload), *wait_ms, reply);
+    return SendOnSession(d, *to, *type, std::move(payload), *wait_ms, *key, reply);
   }
   auto amid = Amid::Parse(*to);
   if (!amid) return reply(BadParam("to", "must be a session id or an AMID"));
@@ -789,7 +821,7 @@ void Send(Daemon& d, const json& p, Responder reply) {
     if (best == nullptr || r.created_at > best->row.created_at) best = s.get();
   }
   if (best != nullptr) {
-    return SendOnSession(d, best->row.session_id, *type, std::move(payload), *wait_ms, reply);
+    return SendOnSession(d, best->row.session_id, *type, std::move(payload), *wait_ms, *key, reply);
   }
   if (!intent) {
     return reply(BadParam("intent", "is required: there is no active session with this peer"));
@@ -801,13 +833,13 @@ void Send(Daemon& d, const json& p, Responder reply) {
   if (!req) return reply(std::unexpected(req.error()));
   req->intent.urgency = intent->urgency;
   if (d.policy_.allowlist.Contains(*amid) && req->session_request.signed_messages) {
-    return SendOptimistic(d, std::move(*req), *type, std::move(payload), *wait_ms, reply);
+    return SendOptimistic(d, std::move(*req), *type, std::move(payload), *wait_ms, *key, reply);
   }
   d.StartKnock(std::move(*req), [&d, reply, type = *type, payload = std::move(payload),
-                                 wait_ms = *wait_ms](RpcResult r) mutable {
+                                 wait_ms = *wait_ms, key = *key](RpcResult r) mutable {
     if (!r) return reply(std::move(r));
     const std::string sid = (*r)["session_id"].get<std::string>();
-    SendOnSession(d, sid, type, std::move(payload), wait_ms, reply);
+    SendOnSession(d, sid, type, std::move(payload), wait_ms, key, reply);
   });
 }
 

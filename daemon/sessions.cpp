@@ -969,7 +969,8 @@ void Daemon::StartKnock(KnockRequest request, std::function<void(RpcResult)> don
             auto first = std::move(*shared->first_message);
             shared->first_message.reset();
             if (LiveSession* s = FindSession(sid)) s->optimistic = true;
-            SendEnvelope(sid, first.type, std::move(first.payload), std::move(first.done));
+            SendEnvelope(sid, first.type, std::move(first.payload), std::move(first.done),
+                         first.idempotency_key);
           }
           const std::uint64_t timer = timers_.Start(shared->timeout_ms, [this, sid] {
             auto it = knock_waits_.find(sid);
@@ -987,10 +988,24 @@ void Daemon::StartKnock(KnockRequest request, std::function<void(RpcResult)> don
       });
 }
 
+std::optional<RpcResult> Daemon::EarlierSend(const std::string& idempotency_key) {
+  if (idempotency_key.empty()) return std::nullopt;
+  auto earlier = store_->FindSentKey(idempotency_key);
+  if (!earlier) return RpcFail(earlier.error());
+  if (!*earlier) return std::nullopt;
+  return nlohmann::json{{"session_id", (*earlier)->session_id},
+                        {"sequence", (*earlier)->sequence},
+                        {"delivery", "duplicate"}};
+}
+
 void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nlohmann::json payload,
-                          std::function<void(RpcResult)> done) {
+                          std::function<void(RpcResult)> done, const std::string& idempotency_key) {
   const bool want_reply = static_cast<bool>(done);
   if (!done) done = [](RpcResult) {};
+  if (auto earlier = EarlierSend(idempotency_key)) {
+    done(std::move(*earlier));
+    return;
+  }
   LiveSession* s = FindSession(session_id);
   if (s == nullptr) {
     auto rows = store_->ListSessions(std::nullopt, 100000);
@@ -1089,6 +1104,9 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
     return;
   }
   Batch();
+  if (!idempotency_key.empty()) {
+    (void)store_->InsertSentKey(idempotency_key, session_id, params.sequence, now);
+  }
   RecordTranscript(session_id, "out", *env);
   s->row.last_sent_seq = params.sequence;
   if (type != EnvelopeType::kClose) ++s->row.messages_sent;

@@ -116,12 +116,17 @@ CREATE TABLE transcripts(
 CREATE INDEX transcripts_session ON transcripts(session_id, id);
 )sql";
 
+constexpr std::string_view kMigration3 = R"sql(
+CREATE TABLE sent_keys(
+  key TEXT PRIMARY KEY, session_id TEXT NOT NULL, sequence INTEGER NOT NULL, at INTEGER NOT NULL);
+)sql";
+
 }  // namespace
 
 Result<Store> Store::Open(const std::string& path) {
   auto db = storage::Database::Open(path);
   if (!db) return std::unexpected(db.error());
-  const std::array<std::string_view, 2> migrations = {kMigration1, kMigration2};
+  const std::array<std::string_view, 3> migrations = {kMigration1, kMigration2, kMigration3};
   if (auto r = db->Migrate(migrations); !r) return std::unexpected(r.error());
   // A 16 MB page cache (SQLite's default is 2 MB): a message stream re-read index pages of the
   // growing inbox. Checkpoints run on the Checkpointer's thread, never inside a commit on the
@@ -549,6 +554,28 @@ Result<void> Store::PruneSeen(std::int64_t before) {
   return s.Run();
 }
 
+Result<std::optional<SentKey>> Store::FindSentKey(std::string_view key) {
+  AM_STMT(s, "SELECT session_id, sequence FROM sent_keys WHERE key = ?");
+  s.Bind(1, key);
+  auto row = s.Step();
+  if (!row) return std::unexpected(row.error());
+  if (!*row) return std::nullopt;
+  return SentKey{std::string(s.ColumnText(0)), static_cast<std::uint64_t>(s.ColumnInt(1))};
+}
+
+Result<void> Store::InsertSentKey(std::string_view key, std::string_view session_id,
+                                  std::uint64_t sequence, std::int64_t at) {
+  AM_STMT(s, "INSERT INTO sent_keys(key, session_id, sequence, at) VALUES(?, ?, ?, ?)");
+  s.Bind(1, key).Bind(2, session_id).Bind(3, static_cast<std::int64_t>(sequence)).Bind(4, at);
+  return s.Run();
+}
+
+Result<void> Store::PruneSentKeys(std::int64_t before) {
+  AM_STMT(s, "DELETE FROM sent_keys WHERE at < ?");
+  s.Bind(1, before);
+  return s.Run();
+}
+
 Result<bool> Store::SessionConsumed(std::string_view session_id) {
   AM_STMT(s, "SELECT 1 FROM consumed_sessions WHERE session_id = ?");
   s.Bind(1, session_id);
@@ -597,6 +624,7 @@ Result<void> Store::WipeForNewIdentity() {
   for (auto& [text, stmt] : cache_) stmt->Reset();
   return db_.Exec(
       "DELETE FROM signed_prekeys; DELETE FROM one_time_prekeys; DELETE FROM outbox; "
+      "DELETE FROM sent_keys; "
       "UPDATE sessions SET state = 'killed', close_reason = 'identity_replaced', ratchet = NULL "
       "WHERE state IN ('pending', 'active'); DELETE FROM meta WHERE key IN ('registered', "
       "'next_opk_id');");

@@ -97,6 +97,11 @@ struct InboxRow {
   bool held = false;
 };
 
+struct SentKey {
+  std::string session_id;
+  std::uint64_t sequence = 0;
+};
+
 struct OutboxRow {
   std::string message_id;
   std::string to;
@@ -171,6 +176,12 @@ class Store {
   Result<bool> Seen(std::string_view relay_id);
   Result<void> MarkSeen(std::string_view relay_id, std::int64_t at);
   Result<void> PruneSeen(std::int64_t before);
+  // Idempotency keys of sent messages (send/reply `idempotency_key`), kept 24 h: a retried call
+  // with the same key is answered with the first call's session and sequence, not sent again.
+  Result<std::optional<SentKey>> FindSentKey(std::string_view key);
+  Result<void> InsertSentKey(std::string_view key, std::string_view session_id,
+                             std::uint64_t sequence, std::int64_t at);
+  Result<void> PruneSentKeys(std::int64_t before);
   Result<bool> SessionConsumed(std::string_view session_id);
   Result<void> MarkSessionConsumed(std::string_view session_id, std::int64_t at);
 

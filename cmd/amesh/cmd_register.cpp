@@ -14,7 +14,7 @@ int RunRegister(Context& ctx, const RegisterArgs& args) {
   if (!args.capabilities.empty()) {
     json caps = json::array();
     for (const auto& cap : args.capabilities) {
-      if (cap.empty()) return ctx.UsageError("--capability must not be empty");
+      if (auto bad = CheckCapability(cap, false)) return ctx.UsageError("--capability: " + *bad);
       caps.push_back(cap);
     }
     params["capabilities"] = std::move(caps);

@@ -8,6 +8,7 @@ struct ReplyArgs {
   std::string session;
   std::optional<std::string> payload;
   std::string type = "response";
+  std::string idempotency_key;
 };
 
 int RunReply(Context& ctx, ReplyArgs& args) {
@@ -17,6 +18,10 @@ int RunReply(Context& ctx, ReplyArgs& args) {
   if (!payload) return ctx.UsageError(payload.error());
   json params = {{"session_id", args.session}, {"payload", std::move(*payload)}};
   if (args.type != "response") params["type"] = args.type;
+  if (!args.idempotency_key.empty()) {
+    if (auto bad = CheckIdempotencyKey(args.idempotency_key)) return ctx.UsageError(*bad);
+    params["idempotency_key"] = args.idempotency_key;
+  }
   return CallAndPrint(ctx, "reply", params, [&](const json& r) {
     ctx.out() << "Replied (" << args.type << ") in session " << Field(r, "session_id")
               << " (sequence " << Field(r, "sequence") << ", " << Field(r, "delivery") << ")\n";
@@ -37,6 +42,9 @@ void RegisterReply(CLI::App& root, Context& ctx) {
   Choices(sub->add_option("--type,-t", args->type, "envelope type (default response)")
               ->type_name("TYPE"),
           ctx, {"response", "status", "error", "request", "capability_negotiation_response"});
+  sub->add_option("--idempotency-key,-k", args->idempotency_key,
+                  "reply at most once under KEY (see send)")
+      ->type_name("KEY");
 }
 
 }  // namespace amesh

@@ -27,7 +27,7 @@ std::string Reputation(const json& agent) {
 }
 
 int RunSearch(Context& ctx, const SearchArgs& args) {
-  if (args.capability.empty()) return ctx.UsageError("CAPABILITY must not be empty");
+  if (auto bad = CheckCapability(args.capability, true)) return ctx.UsageError(*bad);
   json params = {{"capability", args.capability}, {"limit", args.limit}};
   if (args.offset > 0) params["offset"] = args.offset;
   if (!args.tier_min.empty()) {

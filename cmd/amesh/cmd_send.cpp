@@ -15,6 +15,7 @@ struct SendArgs {
   std::string intent;
   std::string action;
   std::string type = "request";
+  std::string idempotency_key;
   std::string wait;  // the --wait value ("" = the default)
   CLI::Option* wait_option = nullptr;
   CLI::Option* payload_option = nullptr;
@@ -61,6 +62,10 @@ int RunSend(Context& ctx, SendArgs& args) {
   if (!args.action.empty()) {
     if (auto bad = CheckIntentSegment(args.action, "--action")) return ctx.UsageError(*bad);
     params["action"] = args.action;
+  }
+  if (!args.idempotency_key.empty()) {
+    if (auto bad = CheckIdempotencyKey(args.idempotency_key)) return ctx.UsageError(*bad);
+    params["idempotency_key"] = args.idempotency_key;
   }
   auto payload = ReadJsonArgument(ctx, args.payload, "PAYLOAD", true);
   if (!payload) return ctx.UsageError(payload.error());
@@ -128,6 +133,11 @@ void RegisterSend(CLI::App& root, Context& ctx) {
           ctx,
           {"request", "response", "status", "error", "capability_negotiation",
            "capability_negotiation_response"});
+  sub->add_option(
+         "--idempotency-key,-k", args->idempotency_key,
+         "send at most once under KEY: a retry with the same KEY (within 24 h) is not sent "
+         "again and prints the first send's sequence")
+      ->type_name("KEY");
   args->wait_option =
       sub->add_option("--wait,-w", args->wait,
                       "wait for the response (default 30 s) and print its payload as JSON")

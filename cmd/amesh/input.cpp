@@ -2,6 +2,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <chrono>
@@ -201,6 +202,34 @@ Check CheckIntent(std::string_view text) {
   if (slash == std::string_view::npos) return CheckIntentSegment(text, "intent category");
   if (auto bad = CheckIntentSegment(text.substr(0, slash), "intent category")) return bad;
   return CheckIntentSegment(text.substr(slash + 1), "intent subcategory");
+}
+
+Check CheckCapability(std::string_view text, bool pattern) {
+  const std::string quoted = "'" + std::string(text) + "'";
+  if (text.empty() || text.size() > 128) return "capability " + quoted + " must be 1 to 128 bytes";
+  for (const char c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return "capability " + quoted + " contains a control character";
+    }
+  }
+  const auto star = text.find('*');
+  if (star == std::string_view::npos) return std::nullopt;
+  if (!pattern) return "capability " + quoted + " must not contain '*'";
+  if (star + 1 != text.size() || (star > 0 && text[star - 1] != '/')) {
+    return "capability " + quoted + ": '*' is only allowed alone or as a trailing '/*'";
+  }
+  return std::nullopt;
+}
+
+Check CheckIdempotencyKey(std::string_view text) {
+  const bool ok =
+      !text.empty() && text.size() <= 128 && std::all_of(text.begin(), text.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               c == '_' || c == '.' || c == ':' || c == '-';
+      });
+  if (ok) return std::nullopt;
+  return "--idempotency-key '" + std::string(text) +
+         "' must be 1 to 128 characters of A-Z, a-z, 0-9, '_', '.', ':' and '-'";
 }
 
 std::expected<nlohmann::json, std::string> ParseJsonText(std::string_view text,

@@ -30,6 +30,13 @@ Check CheckIntent(std::string_view text);
 // A single intent segment (e.g. an --action).
 Check CheckIntentSegment(std::string_view text, std::string_view what);
 
+// A capability as the registry takes it: 1..128 bytes without control characters; '*' only in a
+// search `pattern`, and then only alone or as a trailing "/*" (a prefix search).
+Check CheckCapability(std::string_view text, bool pattern);
+
+// An idempotency key for send/reply: 1..128 characters of [A-Za-z0-9_.:-].
+Check CheckIdempotencyKey(std::string_view text);
+
 // Parses JSON text without throwing. On failure the message names `what` and the syntax error
 // position, e.g. "payload is not valid JSON: syntax error at line 1, column 9: …".
 std::expected<nlohmann::json, std::string> ParseJsonText(std::string_view text,

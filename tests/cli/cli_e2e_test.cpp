@@ -300,8 +300,8 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
 
   SECTION("no answer in time: knock and send --wait exit 5") {
     // Nobody serves bob's requests: the KNOCK is accepted, the request stays unanswered.
-    r = alice({"send", bob_amid, "--intent", "weather/forecast", R"({"city":"Oslo"})", "--wait",
-               "1"});
+    r = alice(
+        {"send", bob_amid, "--intent", "weather/forecast", R"({"city":"Oslo"})", "--wait", "1"});
     INFO(r.err);
     CHECK(r.status == amesh::kExitTimeout);
     CHECK(Contains(r.err, "no response"));
@@ -323,12 +323,17 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
         {"knock", bob_amid, "--intent", "chat", "--type", "conversation", "--timeout", "10"});
     const std::string sid = session.value("session_id", "");
     REQUIRE_FALSE(sid.empty());
-    r = alice({"send", sid, R"({"text":"hello"})"});
+    r = alice({"send", sid, R"({"text":"hello"})", "--idempotency-key", "hello-1"});
     INFO(r.err);
     CHECK(r.status == 0);
+    // Retried with the same key: not sent again (bob gets one message below).
+    r = alice({"send", sid, R"({"text":"hello"})", "--idempotency-key", "hello-1"});
+    CHECK(r.status == 0);
+    CHECK(Contains(r.out, "sequence 1, duplicate"));
     r = bob({"recv", "--session", sid, "--timeout", "10"});
     INFO(r.err);
     REQUIRE(r.status == 0);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
     const json message = json::parse(r.out.substr(0, r.out.find('\n')), nullptr, false);
     CHECK(message["payload"] == json{{"text", "hello"}});
     CHECK(message["type"] == "request");
