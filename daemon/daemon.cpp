@@ -962,7 +962,7 @@ void Daemon::Housekeeping() {
   if (ticks % 60 == 1) MaintainPrekeys();
   std::erase_if(rejected_sessions_,
                 [&](const auto& kv) { return Now() - kv.second > 600LL * kNanosPerSecond; });
-  if (ticks % 3600 == 0) {
+  if (ticks % 3600 == 1) {  // hourly, and soon after a start (a daemon restarted often prunes)
     Batch();
     (void)store_->PruneSeen(Now() - 7LL * 86400 * kNanosPerSecond);
     (void)store_->PruneSentKeys(Now() - 86400LL * kNanosPerSecond);

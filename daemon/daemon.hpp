@@ -175,8 +175,13 @@ class Daemon {
   // send's {session_id, sequence, delivery:"duplicate"}; else the key is recorded with the send.
   void SendEnvelope(const std::string& session_id, EnvelopeType type, nlohmann::json payload,
                     std::function<void(RpcResult)> done, const std::string& idempotency_key = {});
-  // The answer to a send whose idempotency key was used before, if it was.
-  std::optional<RpcResult> EarlierSend(const std::string& idempotency_key);
+  // For a call with an idempotency key: the first call's {session_id, sequence, delivery:
+  // "duplicate"} when the key names a sent message (a conflict error when `session_id` is given
+  // and differs), or a conflict error while another call with the key is still in progress.
+  std::optional<RpcResult> EarlierSend(const std::string& idempotency_key,
+                                       const std::string& session_id = {});
+  // Keys of send/reply calls not answered yet (a second call with one is refused, not sent).
+  std::unordered_set<std::string> idempotency_in_flight_;
   // Records a session's messages_per_minute (memory and meta "session_mpm:<id>").
   void SetSessionRate(LiveSession& session, std::uint32_t messages_per_minute);
   // Ends a session: "closed" (sends a close envelope when `notify_peer`), "killed", "expired".

@@ -587,6 +587,27 @@ std::expected<std::string, RpcError> IdempotencyKey(const json& p) {
   return k;
 }
 
+// Idempotency of send/reply: answers at once and returns true for a key already used (the first
+// call's result, or a conflict when it named another session) or one whose call is still in
+// progress; otherwise marks the key in progress until `reply` answers, and returns false.
+bool AnsweredByKey(Daemon& d, const std::string& key, const std::string& session_id,
+                   Responder& reply) {
+  if (key.empty()) return false;
+  if (auto earlier = d.EarlierSend(key, session_id)) {
+    reply(std::move(*earlier));
+    return true;
+  }
+  if (!d.idempotency_in_flight_.insert(key).second) {
+    reply(RpcFail(MakeError(Code::kConflict,
+                            "a call with this idempotency_key is still in progress; retry when it "
+                            "has answered",
+                            "idempotency_key")));
+    return true;
+  }
+  reply.OnAnswer([&d, key] { d.idempotency_in_flight_.erase(key); });
+  return false;
+}
+
 void Reply(Daemon& d, const json& p, Responder reply) {
   if (!d.identity_) return reply(NotInitialized());
   auto sid = ReqString(p, "session_id");
@@ -606,6 +627,7 @@ void Reply(Daemon& d, const json& p, Responder reply) {
   if (auto v = ValidatePayload(*type, *payload); !v) return reply(RpcFail(v.error()));
   auto key = IdempotencyKey(p);
   if (!key) return reply(std::unexpected(key.error()));
+  if (AnsweredByKey(d, *key, *sid, reply)) return;
   d.SendEnvelope(
       *sid, *type, *payload, [reply](RpcResult r) { reply(std::move(r)); }, *key);
 }
@@ -676,7 +698,7 @@ void SendOnSession(Daemon& d, const std::string& sid, EnvelopeType type, json pa
     return;
   }
   // A retried send that was sent before: its response may have been read already; no waiting.
-  if (auto earlier = d.EarlierSend(key)) return reply(std::move(*earlier));
+  if (auto earlier = d.EarlierSend(key, sid)) return reply(std::move(*earlier));
   if (d.response_waits_.contains(sid)) {
     return reply(RpcFail(MakeError(
         Code::kConflict, "another call is already waiting for this session's response", "to")));
@@ -738,10 +760,14 @@ void SendOptimistic(Daemon& d, Daemon::KnockRequest req, EnvelopeType type, json
     bool done = false;
   };
   auto st = std::make_shared<State>();
-  auto finish = [&d, st, reply, wait_ms] {
+  auto finish = [&d, st, reply, wait_ms, key] {
     if (st->done || !st->first || !st->knock) return;
     st->done = true;
     if (!*st->knock) {
+      if (!key.empty()) {  // the message was dropped: a retry with the key must try again
+        d.Batch();
+        (void)d.store_->DeleteSentKey(key);
+      }
       RpcError e = st->knock->error();
       if (e.code == -32011) e.data["message_dropped"] = true;
       return reply(std::unexpected(std::move(e)));
@@ -796,7 +822,7 @@ void Send(Daemon& d, const json& p, Responder reply) {
   auto key = IdempotencyKey(p);
   if (!key) return reply(std::unexpected(key.error()));
   // A retry of a send that went out: answered before any session lookup or KNOCK.
-  if (auto earlier = d.EarlierSend(*key)) return reply(std::move(*earlier));
+  if (AnsweredByKey(d, *key, LooksLikeSessionId(*to) ? *to : std::string(), reply)) return;
   json payload = *payload_it;
   if (LooksLikeSessionId(*to)) {
     return SendOnSession(d, *to, *type, std::move(payload), *wait_ms, *key, reply);

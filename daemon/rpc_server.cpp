@@ -106,12 +106,22 @@ std::unexpected<RpcError> RpcFail(int code, std::string name, std::string messag
   return std::unexpected(RpcError{code, std::move(name), std::move(message), std::move(data)});
 }
 
+void Responder::RunHook() const {
+  if (on_answer_ && *on_answer_) {
+    auto fn = std::move(*on_answer_);
+    *on_answer_ = nullptr;
+    fn();
+  }
+}
+
 void Responder::operator()(RpcResult result) const {
+  RunHook();
   if (server_ == nullptr || notification_) return;
   server_->Complete(conn_, slot_, std::move(result));
 }
 
 void Responder::Text(std::string result_json) const {
+  RunHook();
   if (server_ == nullptr || notification_) return;
   server_->CompleteText(conn_, slot_, std::move(result_json));
 }

@@ -72,12 +72,20 @@ class Responder {
   // wrote it; it is not parsed again).
   void Text(std::string result_json) const;
   ConnId conn() const noexcept { return conn_; }
+  // `fn` runs once, at the first answer of this Responder or of any copy (also for a
+  // notification, which sends nothing). Replaces an earlier hook.
+  void OnAnswer(std::function<void()> fn) {
+    on_answer_ = std::make_shared<std::function<void()>>(std::move(fn));
+  }
 
  private:
+  void RunHook() const;
+
   RpcServer* server_ = nullptr;
   ConnId conn_ = 0;
   std::uint64_t slot_ = 0;
   bool notification_ = true;
+  std::shared_ptr<std::function<void()>> on_answer_;
 };
 
 class RpcServer {

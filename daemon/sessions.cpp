@@ -988,11 +988,18 @@ void Daemon::StartKnock(KnockRequest request, std::function<void(RpcResult)> don
       });
 }
 
-std::optional<RpcResult> Daemon::EarlierSend(const std::string& idempotency_key) {
+std::optional<RpcResult> Daemon::EarlierSend(const std::string& idempotency_key,
+                                             const std::string& session_id) {
   if (idempotency_key.empty()) return std::nullopt;
   auto earlier = store_->FindSentKey(idempotency_key);
   if (!earlier) return RpcFail(earlier.error());
   if (!*earlier) return std::nullopt;
+  if (!session_id.empty() && (*earlier)->session_id != session_id) {
+    return RpcFail(MakeError(
+        Code::kConflict,
+        fmt::format("idempotency_key was used for a message in session {}", (*earlier)->session_id),
+        "idempotency_key"));
+  }
   return nlohmann::json{{"session_id", (*earlier)->session_id},
                         {"sequence", (*earlier)->sequence},
                         {"delivery", "duplicate"}};
@@ -1002,7 +1009,7 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
                           std::function<void(RpcResult)> done, const std::string& idempotency_key) {
   const bool want_reply = static_cast<bool>(done);
   if (!done) done = [](RpcResult) {};
-  if (auto earlier = EarlierSend(idempotency_key)) {
+  if (auto earlier = EarlierSend(idempotency_key, session_id)) {
     done(std::move(*earlier));
     return;
   }
@@ -1105,7 +1112,10 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
   }
   Batch();
   if (!idempotency_key.empty()) {
-    (void)store_->InsertSentKey(idempotency_key, session_id, params.sequence, now);
+    if (auto r = store_->InsertSentKey(idempotency_key, session_id, params.sequence, now); !r) {
+      LogError("storage: " + r.error().ToString());
+      ::_exit(70);
+    }
   }
   RecordTranscript(session_id, "out", *env);
   s->row.last_sent_seq = params.sequence;
@@ -1127,8 +1137,13 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
                          {"type", std::string(EnvelopeTypeName(type))}});
   std::function<void(std::string)> on_delivery;
   if (want_reply) {
-    on_delivery = [this, session_id, sequence, done = std::move(done)](std::string delivery) {
+    on_delivery = [this, session_id, sequence, idempotency_key,
+                   done = std::move(done)](std::string delivery) {
       if (delivery.starts_with("refused:")) {
+        if (!idempotency_key.empty()) {  // not sent: a retry with the key must try again
+          Batch();
+          (void)store_->DeleteSentKey(idempotency_key);
+        }
         done(RpcFail(MakeError(
             Code::kLimitExceeded,
             fmt::format("the relay refused the message ({})", delivery.substr(8)), "payload")));

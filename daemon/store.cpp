@@ -570,6 +570,12 @@ Result<void> Store::InsertSentKey(std::string_view key, std::string_view session
   return s.Run();
 }
 
+Result<void> Store::DeleteSentKey(std::string_view key) {
+  AM_STMT(s, "DELETE FROM sent_keys WHERE key = ?");
+  s.Bind(1, key);
+  return s.Run();
+}
+
 Result<void> Store::PruneSentKeys(std::int64_t before) {
   AM_STMT(s, "DELETE FROM sent_keys WHERE at < ?");
   s.Bind(1, before);

@@ -181,6 +181,7 @@ class Store {
   Result<std::optional<SentKey>> FindSentKey(std::string_view key);
   Result<void> InsertSentKey(std::string_view key, std::string_view session_id,
                              std::uint64_t sequence, std::int64_t at);
+  Result<void> DeleteSentKey(std::string_view key);
   Result<void> PruneSentKeys(std::int64_t before);
   Result<bool> SessionConsumed(std::string_view session_id);
   Result<void> MarkSessionConsumed(std::string_view session_id, std::int64_t at);

@@ -8,7 +8,7 @@ struct ReplyArgs {
   std::string session;
   std::optional<std::string> payload;
   std::string type = "response";
-  std::string idempotency_key;
+  std::optional<std::string> idempotency_key;
 };
 
 int RunReply(Context& ctx, ReplyArgs& args) {
@@ -18,9 +18,9 @@ int RunReply(Context& ctx, ReplyArgs& args) {
   if (!payload) return ctx.UsageError(payload.error());
   json params = {{"session_id", args.session}, {"payload", std::move(*payload)}};
   if (args.type != "response") params["type"] = args.type;
-  if (!args.idempotency_key.empty()) {
-    if (auto bad = CheckIdempotencyKey(args.idempotency_key)) return ctx.UsageError(*bad);
-    params["idempotency_key"] = args.idempotency_key;
+  if (args.idempotency_key) {
+    if (auto bad = CheckIdempotencyKey(*args.idempotency_key)) return ctx.UsageError(*bad);
+    params["idempotency_key"] = *args.idempotency_key;
   }
   return CallAndPrint(ctx, "reply", params, [&](const json& r) {
     ctx.out() << "Replied (" << args.type << ") in session " << Field(r, "session_id")

@@ -15,7 +15,7 @@ struct SendArgs {
   std::string intent;
   std::string action;
   std::string type = "request";
-  std::string idempotency_key;
+  std::optional<std::string> idempotency_key;
   std::string wait;  // the --wait value ("" = the default)
   CLI::Option* wait_option = nullptr;
   CLI::Option* payload_option = nullptr;
@@ -63,9 +63,9 @@ int RunSend(Context& ctx, SendArgs& args) {
     if (auto bad = CheckIntentSegment(args.action, "--action")) return ctx.UsageError(*bad);
     params["action"] = args.action;
   }
-  if (!args.idempotency_key.empty()) {
-    if (auto bad = CheckIdempotencyKey(args.idempotency_key)) return ctx.UsageError(*bad);
-    params["idempotency_key"] = args.idempotency_key;
+  if (args.idempotency_key) {
+    if (auto bad = CheckIdempotencyKey(*args.idempotency_key)) return ctx.UsageError(*bad);
+    params["idempotency_key"] = *args.idempotency_key;
   }
   auto payload = ReadJsonArgument(ctx, args.payload, "PAYLOAD", true);
   if (!payload) return ctx.UsageError(payload.error());
@@ -86,6 +86,15 @@ int RunSend(Context& ctx, SendArgs& args) {
                           StringField(result.error().data, "session_id", "ID") + "`");
     }
     return ctx.Fail(result.error());
+  }
+  const bool duplicate = result->value("delivery", "") == "duplicate";
+  if (duplicate && wait_seconds) {
+    // Sent by an earlier call: its response (if any) went to that call or is in the inbox.
+    return ctx.Error(kExitError, "already sent under this idempotency key (session " +
+                                     Field(*result, "session_id") + ", sequence " +
+                                     Field(*result, "sequence") +
+                                     "); not waiting: read a response with `amesh recv --session " +
+                                     Field(*result, "session_id") + "`");
   }
   if (ctx.json_output()) {
     ctx.PrintJson(*result);

@@ -206,7 +206,10 @@ Check CheckIntent(std::string_view text) {
 
 Check CheckCapability(std::string_view text, bool pattern) {
   const std::string quoted = "'" + std::string(text) + "'";
-  if (text.empty() || text.size() > 128) return "capability " + quoted + " must be 1 to 128 bytes";
+  const std::size_t max = pattern ? 130 : 128;  // a pattern may add "/*" to a capability
+  if (text.empty() || text.size() > max) {
+    return "capability " + quoted + " must be 1 to " + std::to_string(max) + " bytes";
+  }
   for (const char c : text) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
       return "capability " + quoted + " contains a control character";

@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "cli.hpp"
@@ -354,4 +356,45 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
   }
 }
 
+#endif
+
+#if defined(AMESH_RELAY_BIN) && defined(AMESH_REGISTRY_BIN)
+TEST_CASE("e2e: cmake --install lays out programs, man pages, completions and units",
+          "[cli][e2e]") {
+  ScratchDir dir;
+  const auto prefix = dir.path() / "prefix";
+  ChildProcess install;
+  REQUIRE(install.Start({AMESH_CMAKE, "--install", AMESH_BINARY_DIR, "--prefix", prefix.string()},
+                        dir.path() / "install.log"));
+  const int status = install.Signal(0, true, 60s);
+  INFO(install.StderrLog());
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  for (const char* file :
+       {"bin/agentmeshd", "bin/amesh", "bin/amesh-relay", "bin/amesh-registry",
+        "share/man/man1/amesh.1", "share/man/man5/agentmesh-policy.5", "share/man/man7/agentmesh.7",
+        "share/man/man8/agentmeshd.8", "share/man/man8/amesh-relay.8",
+        "share/man/man8/amesh-registry.8", "share/bash-completion/completions/amesh",
+        "share/zsh/vendor-completions/_amesh", "share/fish/vendor_completions.d/amesh.fish"}) {
+    INFO(file);
+    CHECK(std::filesystem::is_regular_file(prefix / file));
+  }
+  // The units start the installed programs.
+  const std::pair<const char*, const char*> units[] = {
+      {"lib/systemd/user/agentmeshd.service", "agentmeshd --foreground"},
+      {"lib/systemd/system/amesh-relay.service", "amesh-relay --listen"},
+      {"lib/systemd/system/amesh-registry.service", "amesh-registry --listen"}};
+  for (const auto& [unit, command] : units) {
+    INFO(unit);
+    std::ifstream in(prefix / unit);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(Contains(text, "ExecStart=" + (prefix / "bin").string() + "/" + command));
+    CHECK_FALSE(Contains(text, "/usr/local/bin"));
+  }
+  // The installed amesh runs.
+  ChildProcess version;
+  REQUIRE(version.Start({(prefix / "bin" / "amesh").string(), "--version"},
+                        dir.path() / "version.log"));
+  CHECK(version.WaitForLine("amesh ", 10s).has_value());
+}
 #endif

@@ -903,17 +903,28 @@ TEST_CASE("daemon: kill -9 of the sender during a 1000-message stream loses and 
     }
     return batch;
   };
-  // The first 300 in chunks of 10, 2 ms apart, the other 700 in one burst. Killed during the
-  // burst, the daemon has committed sends it has not answered (an answer waits for the relay's
-  // send_result): in local runs, all of the 680 unanswered ones.
-  std::thread writer([&] {
+  // 1..300 in chunks of 10, 2 ms apart, then 301..400 at once. After 320 answers the daemon is
+  // stopped, 401..1000 are written, and it is killed: some sends are committed but unanswered
+  // (an answer waits for the relay's send_result), 401..1000 were never read.
+  std::thread writer;
+  std::thread rewriter;
+  struct KillThenJoin {  // on a failed REQUIRE, too: no joinable thread may be destroyed
+    DaemonProcess& d;
+    std::thread& t1;
+    std::thread& t2;
+    ~KillThenJoin() {
+      if (t1.joinable() || t2.joinable()) d.process().Kill();
+      if (t1.joinable()) t1.join();
+      if (t2.joinable()) t2.join();
+    }
+  } guard{a, writer, rewriter};
+  writer = std::thread([&] {
     for (int i = 1; i <= 300; i += 10) {
       a.rpc.WriteRaw(sends(i, i + 9));
       std::this_thread::sleep_for(2ms);
     }
-    a.rpc.WriteRaw(sends(301, kCount));  // fails when the daemon is killed first
+    a.rpc.WriteRaw(sends(301, 400));
   });
-  // Read answers until 320 sends are acknowledged, then kill the sender.
   int acknowledged = 0;
   while (acknowledged < 320) {
     json r = a.rpc.ReadResponse(acknowledged + 1, 30s);
@@ -921,8 +932,10 @@ TEST_CASE("daemon: kill -9 of the sender during a 1000-message stream loses and 
     CHECK(r["result"]["sequence"] == acknowledged + 1);
     ++acknowledged;
   }
-  a.process().Kill();  // first, so the writer's send returns before its socket is closed
   writer.join();
+  REQUIRE(a.process().Signal(SIGSTOP, false) == 0);
+  // Fits in the socket buffers (about 70 KB), so it returns although nothing reads it.
+  CHECK(a.rpc.WriteRaw(sends(401, kCount)));
   a.Kill9();
   a.Start();
   REQUIRE(a.WaitRelay());
@@ -930,7 +943,7 @@ TEST_CASE("daemon: kill -9 of the sender during a 1000-message stream loses and 
   // had committed before the kill is answered as a duplicate with its first sequence, the rest
   // is sent now, and every message keeps its place in the stream.
   const std::string again = sends(acknowledged + 1, kCount);
-  std::thread rewriter([&] { a.rpc.WriteRaw(again); });
+  rewriter = std::thread([&] { a.rpc.WriteRaw(again); });
   int duplicates = 0;
   for (int i = acknowledged + 1; i <= kCount; ++i) {
     json r = a.rpc.ReadResponse(i, 30s);
@@ -940,6 +953,7 @@ TEST_CASE("daemon: kill -9 of the sender during a 1000-message stream loses and 
     if (r["result"]["delivery"] == "duplicate") ++duplicates;
   }
   rewriter.join();
+  CHECK(duplicates <= 400 - acknowledged);  // 401..1000 went out after the restart, not before
   INFO("acknowledged before the kill: " << acknowledged
                                         << ", committed but unanswered: " << duplicates);
   json got = RecvAll(b, kCount, 60s);
@@ -992,13 +1006,48 @@ TEST_CASE("daemon: an idempotency key sends a message at most once", "[daemon]")
                         {{"session_id", sid}, {"idempotency_key", "r1"}, {"payload", {{"ok", 1}}}});
   CHECK(dup["delivery"] == "duplicate");
   CHECK(RecvAll(a, 2, 5s).size() == 1);
+  // A key names one message: given with another session, it is refused.
+  const std::string other = OpenSession(a, b, "conversation");
+  json e = a.rpc.CallError(
+      "send", {{"to", other}, {"idempotency_key", "order-17"}, {"payload", json::object()}});
+  CHECK(e["code"] == -32002);
+  CHECK(e["data"]["field"] == "idempotency_key");
+  // A second call with a key whose first call is still waiting (here for a KNOCK's answer) is
+  // refused: it cannot know yet whether the message goes out.
+  auto& c = mesh.Agent("carol", json::array({"travel"}));
+  const std::string c_amid = Amid(c);
+  REQUIRE(c.process().Signal(SIGSTOP, false) == 0);  // the KNOCK waits for carol's answer
+  const json via_knock = {{"jsonrpc", "2.0"},
+                          {"id", 77},
+                          {"method", "send"},
+                          {"params",
+                           {{"to", c_amid},
+                            {"intent", "travel"},
+                            {"idempotency_key", "k-carol"},
+                            {"payload", {{"n", 1}}}}}};
+  REQUIRE(a.rpc.WriteRaw(via_knock.dump() + "\n"));
+  std::this_thread::sleep_for(200ms);
+  RpcClient second;
+  REQUIRE(second.Connect(a.socket()));
+  e = second.CallError("send", {{"to", c_amid},
+                                {"intent", "travel"},
+                                {"idempotency_key", "k-carol"},
+                                {"payload", {{"n", 1}}}});
+  CHECK(e["code"] == -32002);
+  CHECK(e["message"].get<std::string>().find("in progress") != std::string::npos);
+  REQUIRE(c.process().Signal(SIGCONT, false) == 0);
+  json first_call = a.rpc.ReadResponse(77);
+  INFO(first_call.dump());
+  REQUIRE(first_call.contains("result"));
+  CHECK(first_call["result"]["sequence"] == 1);
+  CHECK(RecvAll(c, 2, 3s).size() == 1);
   // Bad keys are refused with the member named, and nothing is sent.
   for (const json& bad : {json(""), json(std::string(129, 'k')), json("a b"), json(7)}) {
     INFO(bad.dump());
-    json e =
+    json refused =
         a.rpc.CallError("send", {{"to", sid}, {"idempotency_key", bad}, {"payload", {{"n", 9}}}});
-    CHECK(e["code"] == -32602);
-    CHECK(e["data"]["field"] == "idempotency_key");
+    CHECK(refused["code"] == -32602);
+    CHECK(refused["data"]["field"] == "idempotency_key");
   }
   CHECK(RecvAll(b, 1, 1s).empty());
 }
@@ -1551,15 +1600,21 @@ TEST_CASE("daemon: optimistic send to an allowlisted peer - accepted and rejecte
 
   // Rejected: bob refuses commerce; the early message is dropped unread and audited.
   b.rpc.Call("policy.set", {{"policy", {{"rejected_intents", json::array({"commerce"})}}}});
-  json err = a.rpc.CallError("send", {{"to", b_amid},
-                                      {"intent", "commerce"},
-                                      {"payload", {{"q", "dropped"}}},
-                                      {"session_type", "conversation"}});
+  const json dropped = {{"to", b_amid},
+                        {"intent", "commerce"},
+                        {"payload", {{"q", "dropped"}}},
+                        {"session_type", "conversation"},
+                        {"idempotency_key", "dropped-1"}};
+  json err = a.rpc.CallError("send", dropped);
   CHECK(err["code"] == -32011);
   CHECK(err["data"]["reason"] == "intent_not_accepted");
   CHECK(err["data"]["message_dropped"] == true);
   CHECK(WaitAudit(b, {"message.dropped", "knock_rejected"}));
   CHECK(b.rpc.Call("recv", {{"timeout_ms", 500}})["messages"].empty());
+  // The dropped message did not use up its key: a retry knocks again (and is rejected again).
+  err = a.rpc.CallError("send", dropped);
+  CHECK(err["code"] == -32011);
+  CHECK(err["data"]["message_dropped"] == true);
 }
 
 TEST_CASE("daemon: the signed prekey rotates after 7 days and the old one works for 24 h",
