@@ -688,6 +688,7 @@ Result<void> Daemon::EnsurePrekeys() {
     if (now - it->second > kRetiredPrekeyGrace) {
       if (auto r = store_->DeleteSignedPrekey(it->first); !r) return r;
       std::erase_if(signed_prekeys_, [&](const SignedPrekey& s) { return s.id == it->first; });
+      LogInfo(fmt::format("signed prekey {} deleted (retired more than 24 h ago)", it->first));
       it = retired_prekeys_.erase(it);
     } else {
       ++it;

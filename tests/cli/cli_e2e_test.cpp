@@ -346,6 +346,33 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
     REQUIRE(r.status == 0);
     CHECK(json::parse(r.out.substr(0, r.out.find('\n')), nullptr, false)["payload"] ==
           json{{"text", "hi alice"}});
+    // recv --follow prints messages as they come and, with --timeout, stops when idle that long;
+    // rpc subscribe --follow prints the result, then every event.
+    ChildProcess follow, events;
+    REQUIRE(follow.Start(bob.Command({"recv", "--follow", "--session", sid, "--timeout", "3"}),
+                         dir.path() / "follow.log"));
+    REQUIRE(events.Start(
+        bob.Command({"rpc", "subscribe", R"({"events":["message.received"]})", "--follow"}),
+        dir.path() / "events.log"));
+    REQUIRE(events.WaitForLine("subscription", 10s).has_value());
+    for (int i = 1; i <= 2; ++i) {
+      REQUIRE(alice({"send", sid, json{{"n", i}}.dump()}).status == 0);
+      auto line = follow.WaitForLine("\"n\":" + std::to_string(i), 10s);
+      INFO(follow.StderrLog());
+      REQUIRE(line.has_value());
+      CHECK(json::parse(*line, nullptr, false)["payload"]["n"] == i);
+      auto event = events.WaitForLine("message.received", 10s);
+      REQUIRE(event.has_value());
+      const json ev = json::parse(*event, nullptr, false);  // the notification's params
+      CHECK(ev["type"] == "message.received");
+      CHECK(ev["message"]["payload"]["n"] == i);
+      std::this_thread::sleep_for(1s);  // shorter than --timeout: the follow goes on
+    }
+    const int follow_status = follow.Signal(0, true, 10s);  // idle for 3 s: it ends by itself
+    CHECK(WIFEXITED(follow_status));
+    CHECK(WEXITSTATUS(follow_status) == 0);
+    CHECK(events.running());  // follows until interrupted
+    events.Signal(SIGTERM, true);
     CHECK(alice({"close", sid}).status == 0);
     const json sessions = alice.Json({"sessions"});
     bool closed = false;

@@ -18,6 +18,7 @@
 #include "agentmesh/core/identity.hpp"
 #include "agentmesh/core/rng.hpp"
 #include "harness.hpp"
+#include "store.hpp"
 #include "ws_test_client.hpp"
 
 using namespace agentmesh::testing;
@@ -1157,6 +1158,34 @@ TEST_CASE("daemon: status and capability negotiation messages keep their types",
   CHECK(b.rpc.Call("sessions", {{"state", "active"}})["sessions"].empty());
 }
 
+TEST_CASE("daemon: a session expires on both sides when its TTL passes", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string sid = OpenSession(a, b, "conversation", "travel", {{"ttl_seconds", 2}});
+  a.rpc.Call("send", {{"to", sid}, {"payload", {{"n", 1}}}});
+  CHECK(RecvAll(b, 1, 5s).size() == 1);
+  auto state_of = [&](DaemonProcess& d) {
+    json sessions = d.rpc.Call("sessions");
+    for (auto& s : sessions["sessions"]) {
+      if (s["session_id"] == sid) return s["state"].get<std::string>();
+    }
+    return std::string("missing");
+  };
+  // Both sides end it by themselves (housekeeping), without a message or a close.
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while ((state_of(a) != "expired" || state_of(b) != "expired") &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+  }
+  CHECK(state_of(a) == "expired");
+  CHECK(state_of(b) == "expired");
+  json e = a.rpc.CallError("send", {{"to", sid}, {"payload", {{"n", 2}}}});
+  CHECK(e["code"] == -32002);
+  CHECK(b.rpc.CallError("reply", {{"session_id", sid}, {"payload", {{"n", 3}}}})["code"] == -32002);
+  CHECK(CountLines(a.home() / "logs" / "audit.jsonl", "\"reason\":\"ttl\"") >= 1);
+}
+
 TEST_CASE("daemon: constraint breach closes the session", "[daemon]") {
   Mesh mesh;
   auto& a = mesh.Agent("alice");
@@ -1668,6 +1697,24 @@ TEST_CASE("daemon: the signed prekey rotates after 7 days and the old one works 
     }
   }
   CHECK(new_id != old_id);
+
+  // 25 hours after the rotation the old key is gone: a KNOCK made with it no longer opens.
+  CHECK(b.Terminate() == 0);
+  b.extra_args = {"--test-clock-offset", std::to_string(7 * 86400 + 3600 + 25 * 3600)};
+  b.Start();
+  const std::string deleted = "signed prekey " + std::to_string(old_id) + " deleted";
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (b.log().find(deleted) == std::string::npos && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(50ms);
+  }
+  CHECK(b.log().find(deleted) != std::string::npos);
+  CHECK(b.Terminate() == 0);
+  auto store = agentmesh::daemon::Store::Open((b.home() / "agentmesh.db").string());
+  REQUIRE(store.has_value());
+  auto keys = store->LoadSignedPrekeys();
+  REQUIRE(keys.has_value());
+  REQUIRE(keys->size() == 1);
+  CHECK((*keys)[0].id == new_id);
 }
 
 TEST_CASE("daemon: presence is online while connected and offline after a clean stop", "[daemon]") {
