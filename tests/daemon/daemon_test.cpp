@@ -934,9 +934,12 @@ TEST_CASE("daemon: kill -9 of the sender during a 1000-message stream loses and 
     ++acknowledged;
   }
   writer.join();
-  REQUIRE(a.process().Signal(SIGSTOP, false) == 0);
-  // Fits in the socket buffers (about 70 KB), so it returns although nothing reads it.
-  CHECK(a.rpc.WriteRaw(sends(401, kCount)));
+  REQUIRE(a.process().Stop());
+  // 401..1000 reach the socket and stay unread (the write blocks only if its buffers fill).
+  rewriter = std::thread([&] { a.rpc.WriteRaw(sends(401, kCount)); });
+  std::this_thread::sleep_for(200ms);
+  a.process().Kill();  // first, so that a blocked write returns before its socket is closed
+  rewriter.join();
   a.Kill9();
   a.Start();
   REQUIRE(a.WaitRelay());
@@ -1017,7 +1020,7 @@ TEST_CASE("daemon: an idempotency key sends a message at most once", "[daemon]")
   // refused: it cannot know yet whether the message goes out.
   auto& c = mesh.Agent("carol", json::array({"travel"}));
   const std::string c_amid = Amid(c);
-  REQUIRE(c.process().Signal(SIGSTOP, false) == 0);  // the KNOCK waits for carol's answer
+  REQUIRE(c.process().Stop());  // the KNOCK waits for carol's answer
   const json via_knock = {{"jsonrpc", "2.0"},
                           {"id", 77},
                           {"method", "send"},
@@ -1027,7 +1030,7 @@ TEST_CASE("daemon: an idempotency key sends a message at most once", "[daemon]")
                             {"idempotency_key", "k-carol"},
                             {"payload", {{"n", 1}}}}}};
   REQUIRE(a.rpc.WriteRaw(via_knock.dump() + "\n"));
-  std::this_thread::sleep_for(200ms);
+  REQUIRE(WaitAudit(a, {"knock.sent", c_amid}));  // the first call is waiting for the answer
   RpcClient second;
   REQUIRE(second.Connect(a.socket()));
   e = second.CallError("send", {{"to", c_amid},

@@ -114,22 +114,6 @@ json ConnectFrame(const Ed25519KeyPair& id, const std::string& timestamp,
           {"timestamp", timestamp}, {"signature", FormatSignature(sig)}};
 }
 
-// Waits until process `pid` is stopped (state T in /proc/PID/stat); false after 5 s.
-bool WaitStopped(pid_t pid) {
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const auto paren = line.rfind(')');
-    if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T') {
-      return true;
-    }
-    std::this_thread::sleep_for(1ms);
-  }
-  return false;
-}
-
 }  // namespace
 
 TEST_CASE("relay: CONNECT succeeds and /health, /metrics answer", "[relay]") {
@@ -414,8 +398,7 @@ TEST_CASE("relay: messages queued in the loop turn of the recipient's CONNECT fo
     // Stopped, the relay reads both sockets in one turn when it resumes: a's sends first, each
     // queued since b is not connected, then b's CONNECT. (It may still read them in two turns,
     // b's CONNECT first: the caller tries again.)
-    REQUIRE(relay.process().Signal(SIGSTOP, false) == 0);
-    REQUIRE(WaitStopped(relay.process().pid()));
+    REQUIRE(relay.process().Stop());
     std::set<std::string> sent;
     for (int i = 0; i < kCount; ++i) {
       const std::string id = "q" + std::to_string(n) + "-" + std::to_string(i);

@@ -47,6 +47,9 @@ class ChildProcess {
   // -1 on timeout.
   int Signal(int signal, bool wait, std::chrono::milliseconds timeout = std::chrono::seconds(10));
   void Kill();  // SIGKILL + reap
+  // SIGSTOP, then waits until the child is stopped (state T in /proc/PID/stat); false if it is
+  // not within `timeout`. SIGCONT (Signal) resumes it.
+  bool Stop(std::chrono::milliseconds timeout = std::chrono::seconds(5));
   bool running() const noexcept { return pid_ > 0; }
   pid_t pid() const noexcept { return pid_; }
   std::string StderrLog() const;
