@@ -697,8 +697,6 @@ void SendOnSession(Daemon& d, const std::string& sid, EnvelopeType type, json pa
         sid, type, std::move(payload), [reply](RpcResult r) { reply(std::move(r)); }, key);
     return;
   }
-  // A retried send that was sent before: its response may have been read already; no waiting.
-  if (auto earlier = d.EarlierSend(key, sid)) return reply(std::move(*earlier));
   if (d.response_waits_.contains(sid)) {
     return reply(RpcFail(MakeError(
         Code::kConflict, "another call is already waiting for this session's response", "to")));

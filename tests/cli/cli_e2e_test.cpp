@@ -313,15 +313,9 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
     const pid_t pid = pong.value("pid", 0);
     REQUIRE(pid > 0);
     REQUIRE(::kill(pid, SIGSTOP) == 0);
-    auto stopped = [pid] {  // state T in /proc/PID/stat
-      std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-      std::string line;
-      std::getline(stat, line);
-      const auto paren = line.rfind(')');
-      return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T';
-    };
-    for (int i = 0; i < 5000 && !stopped(); ++i) std::this_thread::sleep_for(1ms);
-    CHECK(stopped());
+    for (int i = 0; i < 5000 && !agentmesh::testing::IsStopped(pid); ++i)
+      std::this_thread::sleep_for(1ms);
+    CHECK(agentmesh::testing::IsStopped(pid));
     r = alice({"knock", bob_amid, "--intent", "chat", "--timeout", "1"});
     ::kill(pid, SIGCONT);
     INFO(r.err);

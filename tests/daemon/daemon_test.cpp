@@ -750,6 +750,15 @@ TEST_CASE("daemon: kill -9 of the relay during a 1000-message stream loses and d
   CheckStreamDelivered(mesh, a, b, 1000);
 }
 
+// How many relay messages `d` acked as copies of messages it already had (its debug log).
+std::size_t ReplayAcks(DaemonProcess& d) {
+  const std::string log = d.log();
+  const std::string needle = "already received (or its key was evicted), acked";
+  std::size_t n = 0;
+  for (auto at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
+  return n;
+}
+
 TEST_CASE(
     "daemon: a relay message delivered again after its ack was lost is acked and not delivered",
     "[daemon]") {
@@ -773,13 +782,7 @@ TEST_CASE(
     }
     return relay_queued() == 0;
   };
-  auto copies = [&] {
-    const std::string log = b.log();
-    const std::string needle = "already received (or its key was evicted), acked";
-    std::size_t n = 0;
-    for (auto at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
-    return n;
-  };
+  auto copies = [&] { return ReplayAcks(b); };
 
   SECTION("the session goes on") {
     // Restarted with acks, bob is handed the five again by the relay: each is a ratchet replay.
@@ -858,13 +861,7 @@ TEST_CASE("daemon: a message the relay only handed over stays in the outbox unti
   CHECK(a.rpc.WaitEvent("relay.disconnected", 20s).has_value());
   CHECK(a.rpc.WaitEvent("relay.connected", 20s).has_value());
   CHECK(settle(0) == 0);
-  auto copies = [&] {
-    const std::string log = b.log();
-    const std::string needle = "already received (or its key was evicted), acked";
-    std::size_t n = 0;
-    for (auto at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
-    return n;
-  };
+  auto copies = [&] { return ReplayAcks(b); };
   const auto deadline = std::chrono::steady_clock::now() + 20s;
   while (copies() < 3 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(20ms);
@@ -1396,6 +1393,22 @@ TEST_CASE("daemon: $XDG_RUNTIME_DIR/agentmesh is made private, and refused if no
     CHECK((st.st_mode & 0777) == 0600);
     CHECK(d.Signal(SIGTERM, true) == 0);
   }
+  // A symlink in its place is refused (it could point anywhere).
+  const auto moved = run / "elsewhere";
+  std::filesystem::rename(socket_dir, moved);
+  std::filesystem::create_directory_symlink(moved, socket_dir);
+  {
+    ChildProcess d;
+    REQUIRE(start(d, "symlink.log"));
+    const int status = d.Signal(0, true, 20s);  // it exits by itself
+    INFO(d.StderrLog());
+    REQUIRE(status != -1);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 1);
+    CHECK(d.StderrLog().find("not a directory") != std::string::npos);
+  }
+  std::filesystem::remove(socket_dir);
+  std::filesystem::rename(moved, socket_dir);
   if (::getuid() != 0) {
     WARN("not root: the foreign-owner case needs chown");
     return;

@@ -71,17 +71,19 @@ std::optional<std::string> ChildProcess::WaitForLine(const std::string& needle,
   }
 }
 
+bool IsStopped(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const auto paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T';
+}
+
 bool ChildProcess::Stop(std::chrono::milliseconds timeout) {
   if (pid_ <= 0 || ::kill(pid_, SIGSTOP) != 0) return false;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
-    std::ifstream stat("/proc/" + std::to_string(pid_) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const auto paren = line.rfind(')');
-    if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T') {
-      return true;
-    }
+    if (IsStopped(pid_)) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return false;

@@ -16,6 +16,9 @@
 
 namespace agentmesh::testing {
 
+// Whether process `pid` is stopped (state T in /proc/PID/stat).
+bool IsStopped(pid_t pid);
+
 // A fresh directory under $TMPDIR, removed with everything in it on destruction, unless
 // AGENTMESH_TEST_KEEP_DIRS is set (for reading the logs of a failed run).
 class TempDir {
