@@ -87,7 +87,7 @@ std::string HttpGet(std::uint16_t port, const std::string& path) {
     return {};
   }
   const std::string request = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  (void)::write(fd, request.data(), request.size());
+  (void)::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
   std::string response;
   char buf[4096];
   ssize_t n;
@@ -761,7 +761,8 @@ class RawWs {
 
  private:
   void Write(std::string_view data) {
-    REQUIRE(::write(fd_, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
+    REQUIRE(::send(fd_, data.data(), data.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(data.size()));
   }
   bool Fill() {
     char tmp[4096];
