@@ -151,7 +151,7 @@ __amesh_value() {
 __amesh_positional() {
   case "$1|$2" in
     "policy set|"0) COMPREPLY=($(compgen -f -- "$cur")) ;;
-    "rpc|"0) COMPREPLY=($(compgen -W 'allow audit block close daemon.stop emergency_stop init kill knock lookup pause ping policy.get policy.set policy.test recv register reply resume search send sessions shutdown status subscribe transcript unblock unsubscribe whoami' -- "$cur")) ;;
+    "rpc|"0) COMPREPLY=($(compgen -W 'ack allow audit block close daemon.stop emergency_stop init kill knock lookup pause ping policy.get policy.set policy.test recv register reply resume search send sessions shutdown status subscribe transcript unblock unsubscribe whoami' -- "$cur")) ;;
     "serve|"*) COMPREPLY=($(compgen -c -- "$cur")) ;;
     *) COMPREPLY=() ;;
   esac

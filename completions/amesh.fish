@@ -127,7 +127,7 @@ complete -c amesh -n '__fish_seen_subcommand_from daemon; and not __fish_seen_su
 
 # amesh rpc
 complete -c amesh -n '__fish_seen_subcommand_from rpc; and not __fish_seen_subcommand_from policy daemon' -l follow -s f -d 'after the result, print event notifications as NDJSON'
-complete -c amesh -n '__fish_seen_subcommand_from rpc; and not __fish_seen_subcommand_from policy daemon' -x -a 'allow audit block close daemon.stop emergency_stop init kill knock lookup pause ping policy.get policy.set policy.test recv register reply resume search send sessions shutdown status subscribe transcript unblock unsubscribe whoami'
+complete -c amesh -n '__fish_seen_subcommand_from rpc; and not __fish_seen_subcommand_from policy daemon' -x -a 'ack allow audit block close daemon.stop emergency_stop init kill knock lookup pause ping policy.get policy.set policy.test recv register reply resume search send sessions shutdown status subscribe transcript unblock unsubscribe whoami'
 
 # amesh serve
 complete -c amesh -n '__fish_seen_subcommand_from serve; and not __fish_seen_subcommand_from policy daemon' -l intent -s i -x -d 'the intent served: CATEGORY'

@@ -193,9 +193,10 @@ class Daemon {
   Result<nlohmann::json> MessageToJson(const InboxRow& row);
   // The `recv` result {"messages":[…]} for `rows` as JSON text (the members MessageToJson has,
   // the stored payload text inserted as it is: it was written by Deliver and is authenticated by
-  // its seal), and marks the rows consumed in the current batch. A row that cannot be opened is
-  // consumed and left out, as before.
-  std::string TakeMessages(const std::vector<InboxRow>& rows);
+  // its seal). With `consume`, marks the rows consumed in the current batch (`recv`); without,
+  // leaves them in the inbox for `ack` (`recv` with `peek`). A row that cannot be opened is
+  // consumed and left out either way.
+  std::string TakeMessages(const std::vector<InboxRow>& rows, bool consume = true);
   void OnRelayMessage(const IncomingMessage& message);
   // One relay message, without serving waiters afterwards (OnRelayMessage does both).
   void HandleIncoming(const IncomingMessage& message);
@@ -297,6 +298,7 @@ class Daemon {
     Responder reply;
     std::optional<std::string> session_id, from;
     int limit = 100;
+    bool peek = false;
     std::uint64_t timer = 0;
   };
   std::map<std::uint64_t, RecvWait> recv_waits_;

@@ -493,15 +493,21 @@ void Recv(Daemon& d, const json& p, Responder reply) {
   if (!limit) return reply(std::unexpected(limit.error()));
   const int max = static_cast<int>(limit->value_or(100));
   if (max == 0) return reply(BadParam("limit", "must be at least 1"));
+  auto peek = OptBool(p, "peek");
+  if (!peek) return reply(std::unexpected(peek.error()));
+  const bool consume = !peek->value_or(false);
   auto rows = d.store_->SelectInbox(*sid, *from, std::nullopt, max);
   if (!rows) return reply(RpcFail(rows.error()));
-  if (!rows->empty() || timeout->value_or(0) == 0) return reply.Text(d.TakeMessages(*rows));
+  if (!rows->empty() || timeout->value_or(0) == 0) {
+    return reply.Text(d.TakeMessages(*rows, consume));
+  }
   const std::uint64_t id = d.next_wait_id_++;
   Daemon::RecvWait w;
   w.reply = reply;
   w.session_id = *sid;
   w.from = *from;
   w.limit = max;
+  w.peek = !consume;
   w.timer = d.timers_.Start(**timeout, [&d, id] {
     auto it = d.recv_waits_.find(id);
     if (it == d.recv_waits_.end()) return;
@@ -510,6 +516,27 @@ void Recv(Daemon& d, const json& p, Responder reply) {
     r(json{{"messages", json::array()}});
   });
   d.recv_waits_[id] = std::move(w);
+}
+
+// Removes messages that `recv` with `peek` returned, once the application has dealt with them.
+void Ack(Daemon& d, const json& p, Responder reply) {
+  auto it = p.find("ids");
+  if (it == p.end() || !it->is_array() || it->empty() || it->size() > 10000) {
+    return reply(BadParam("ids", "must be an array of 1 to 10000 message ids"));
+  }
+  for (std::size_t i = 0; i < it->size(); ++i) {
+    if (!(*it)[i].is_string() || (*it)[i].get_ref<const std::string&>().empty()) {
+      return reply(BadParam(fmt::format("ids[{}]", i), "must be a non-empty string"));
+    }
+  }
+  d.Batch();
+  std::size_t removed = 0;
+  for (const auto& id : *it) {
+    auto r = d.store_->ConsumeInboxByRelayId(id.get_ref<const std::string&>());
+    if (!r) return reply(RpcFail(r.error()));
+    removed += *r ? 1 : 0;
+  }
+  reply(json{{"removed", removed}});
 }
 
 void Register(Daemon& d, const json& p, Responder reply) {
@@ -1006,6 +1033,7 @@ void Whoami(Daemon& d, const json&, Responder reply) {
 }
 
 constexpr std::array kMethods = {
+    MethodEntry{"ack", Ack},
     MethodEntry{"allow", Allow},
     MethodEntry{"audit", AuditMethod},
     MethodEntry{"block", Block},

@@ -129,13 +129,13 @@ Result<nlohmann::json> Daemon::MessageToJson(const InboxRow& row) {
       {"received_at", FormatRfc3339Z(row.received_at / kNanosPerMilli * kNanosPerMilli)}};
 }
 
-std::string Daemon::TakeMessages(const std::vector<InboxRow>& rows) {
+std::string Daemon::TakeMessages(const std::vector<InboxRow>& rows, bool consume) {
   std::string out = R"({"messages":[)";
   if (!rows.empty()) Batch();
   bool first = true;
   for (const auto& row : rows) {
-    (void)store_->ConsumeInbox(row.seq);
     auto plain = OpenBlob(InboxAd(row.session_id, row.sequence), row.payload_sealed);
+    if (consume || !plain || plain->size() == 0) (void)store_->ConsumeInbox(row.seq);
     if (!plain || plain->size() == 0) continue;
     // Members in nlohmann's (sorted) order: the same bytes MessageToJson + DumpJson give.
     out += first ? "{" : ",{";
@@ -1257,7 +1257,7 @@ void Daemon::ServeWaitersNow() {
       continue;
     }
     timers_.Cancel(w.timer);
-    w.reply.Text(TakeMessages(*rows));
+    w.reply.Text(TakeMessages(*rows, !w.peek));
     it = recv_waits_.erase(it);
   }
 }

@@ -445,6 +445,15 @@ Result<void> Store::ConsumeInbox(std::int64_t seq) {
   return s.Run();
 }
 
+Result<bool> Store::ConsumeInboxByRelayId(std::string_view relay_id) {
+  AM_STMT(s,
+          "UPDATE inbox SET consumed = 1, payload = x'' "
+          "WHERE relay_id = ? AND consumed = 0 AND held = 0");
+  s.Bind(1, relay_id);
+  if (auto r = s.Run(); !r) return std::unexpected(r.error());
+  return db_.Changes() > 0;
+}
+
 Result<std::optional<InboxRow>> Store::TakeHeld(std::string_view session_id,
                                                 std::uint64_t sequence) {
   static const std::string sql = std::string("SELECT ") + std::string(kInboxColumns) +

@@ -159,6 +159,9 @@ class Store {
                                             std::optional<std::string> from,
                                             std::optional<std::string> type, int limit);
   Result<void> ConsumeInbox(std::int64_t seq);
+  // ConsumeInbox of the visible, unconsumed row with this relay message id; false if there is
+  // none (unknown, held, or consumed already).
+  Result<bool> ConsumeInboxByRelayId(std::string_view relay_id);
   Result<std::optional<InboxRow>> TakeHeld(std::string_view session_id, std::uint64_t sequence);
   Result<bool> HeldExists(std::string_view session_id, std::uint64_t sequence);
   Result<std::int64_t> CountHeld(std::string_view session_id);

@@ -41,14 +41,14 @@ void RegisterRpc(CLI::App& root, Context& ctx) {
   CLI::App* sub = AddCommand(root, ctx, "rpc",
                              "Call a JSON-RPC method of agentmeshd directly (see docs/RPC.md)",
                              [args](Context& c) { return RunRpc(c, *args); });
-  Choices(
-      sub->add_option("METHOD", args->method, "the method, e.g. ping or sessions")->required(), ctx,
-      {"allow",      "audit",      "block",       "close",       "daemon.stop", "emergency_stop",
-       "init",       "kill",       "knock",       "lookup",      "pause",       "ping",
-       "policy.get", "policy.set", "policy.test", "recv",        "register",    "reply",
-       "resume",     "search",     "send",        "sessions",    "shutdown",    "status",
-       "subscribe",  "transcript", "unblock",     "unsubscribe", "whoami"},
-      false);
+  Choices(sub->add_option("METHOD", args->method, "the method, e.g. ping or sessions")->required(),
+          ctx, {"ack",         "allow",          "audit",    "block",       "close",
+                "daemon.stop", "emergency_stop", "init",     "kill",        "knock",
+                "lookup",      "pause",          "ping",     "policy.get",  "policy.set",
+                "policy.test", "recv",           "register", "reply",       "resume",
+                "search",      "send",           "sessions", "shutdown",    "status",
+                "subscribe",   "transcript",     "unblock",  "unsubscribe", "whoami"},
+          false);
   sub->add_option("PARAMS_JSON", args->params,
                   "the params object ({} when absent), or - to read it from stdin");
   sub->add_flag("--follow,-f", args->follow,

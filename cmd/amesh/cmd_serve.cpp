@@ -4,8 +4,12 @@
 // something that is not JSON, replies with an `error` envelope instead.
 //
 // Mechanics: `subscribe` to message.received and session.opened; on start and on each event,
-// `recv` (one message at a time, so a crash loses at most the message being handled) from
-// sessions where this agent is the receiver and the intent matches; `reply` per request.
+// `recv` with `peek`, one message at a time, from sessions where this agent is the receiver and
+// the intent matches; `reply` per request with the idempotency key "serve:<message id>"; then
+// `ack` the message. A crash of serve (or of the command) at any point leaves the request in the
+// inbox, and the next serve handles it again; if the reply had gone out already, the key makes
+// the second reply a duplicate that is not sent. So each request gets exactly one reply, and the
+// command may run twice for a request only across a crash.
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -16,6 +20,7 @@
 
 extern char** environ;
 
+#include <cctype>
 #include <map>
 #include <string_view>
 #include <thread>
@@ -248,9 +253,9 @@ class Server {
 
   std::optional<int> Drain(const std::string& session_id) {
     while (true) {
-      auto result =
-          client_.Call("recv", json{{"session_id", session_id}, {"limit", 1}, {"timeout_ms", 0}},
-                       Context::kDefaultTimeout);
+      auto result = client_.Call(
+          "recv", json{{"session_id", session_id}, {"limit", 1}, {"timeout_ms", 0}, {"peek", true}},
+          Context::kDefaultTimeout);
       if (!result) {
         // A session that ended between the event and the call is not a reason to stop serving.
         if (result.error().origin == agentmesh::rpc::ErrorOrigin::kServer &&
@@ -263,9 +268,28 @@ class Server {
       const json messages = result->value("messages", json::array());
       if (messages.empty()) return std::nullopt;
       for (const auto& message : messages) {
-        if (auto stop = Handle(message)) return stop;
+        const std::optional<int> stop = Handle(message);
+        if (stop && *stop != kExitOk) return stop;
+        // Done with it (replied, or nothing to reply to): out of the inbox.
+        auto acked = client_.Call("ack", json{{"ids", {StringField(message, "id")}}},
+                                  Context::kDefaultTimeout);
+        if (!acked) return ctx_.Fail(acked.error());
+        if (stop) return stop;
       }
     }
+  }
+
+  // "serve:<message id>", or none for an id (from the relay) that is not a valid key.
+  static std::optional<std::string> ReplyKey(const std::string& message_id) {
+    const std::string key = "serve:" + message_id;
+    if (message_id.empty() || key.size() > 128) return std::nullopt;
+    for (const char c : message_id) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '.' && c != ':' &&
+          c != '-') {
+        return std::nullopt;
+      }
+    }
+    return key;
   }
 
   std::optional<int> Handle(const json& message) {
@@ -313,9 +337,10 @@ class Server {
         reply_payload = {{"result", std::move(*parsed)}};
       }
     }
-    auto replied = client_.Call(
-        "reply", json{{"session_id", session_id}, {"payload", reply_payload}, {"type", reply_type}},
-        Context::kDefaultTimeout);
+    json reply_params = {
+        {"session_id", session_id}, {"payload", reply_payload}, {"type", reply_type}};
+    if (auto key = ReplyKey(StringField(message, "id"))) reply_params["idempotency_key"] = *key;
+    auto replied = client_.Call("reply", reply_params, Context::kDefaultTimeout);
     if (!replied) {
       if (replied.error().origin != agentmesh::rpc::ErrorOrigin::kServer) {
         return ctx_.Fail(replied.error());

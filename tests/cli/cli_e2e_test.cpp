@@ -300,6 +300,77 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
     CHECK(WIFEXITED(status));
   }
 
+  SECTION("a request survives a kill -9 of amesh serve and is answered once") {
+    // The command's first run records its pid and hangs; later runs echo the request.
+    const std::string marker = (dir.path() / "first-run.pid").string();
+    const std::string script = "if [ -e " + marker + " ]; then cat; else echo $$ > " + marker +
+                               ".tmp && mv " + marker + ".tmp " + marker + " && exec sleep 60; fi";
+    ChildProcess first;
+    REQUIRE(
+        first.Start(bob.Command({"serve", "--intent", "weather", "--", "/bin/sh", "-c", script}),
+                    dir.path() / "serve1.log"));
+    const json sent =
+        alice.Json({"send", bob_amid, "--intent", "weather/forecast", R"({"city":"Porto"})"});
+    const std::string sid = sent.value("session_id", "");
+    REQUIRE_FALSE(sid.empty());
+    for (int i = 0; i < 1000 && !std::filesystem::exists(marker); ++i)
+      std::this_thread::sleep_for(10ms);
+    INFO(first.StderrLog());
+    REQUIRE(std::filesystem::exists(marker));
+    first.Kill();
+    pid_t command_pid = 0;
+    std::ifstream(marker) >> command_pid;
+    if (command_pid > 0) ::kill(command_pid, SIGKILL);
+
+    ChildProcess second;
+    REQUIRE(second.Start(bob.Command({"serve", "--intent", "weather", "--max-requests", "1", "--",
+                                      "/bin/sh", "-c", script}),
+                         dir.path() / "serve2.log"));
+    const int status = second.Signal(0, true, 20s);
+    INFO(second.StderrLog());
+    CHECK(WIFEXITED(status));
+    r = alice({"recv", "--session", sid, "--timeout", "10"});
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+    CHECK(json::parse(r.out.substr(0, r.out.find('\n')), nullptr, false)["payload"] ==
+          json{{"city", "Porto"}});
+    CHECK(alice({"recv", "--session", sid, "--timeout", "1"}).status == amesh::kExitTimeout);
+  }
+
+  SECTION("a request replied to but not acked before a crash is not answered twice") {
+    const json sent =
+        alice.Json({"send", bob_amid, "--intent", "weather/forecast", R"({"city":"Faro"})"});
+    const std::string sid = sent.value("session_id", "");
+    REQUIRE_FALSE(sid.empty());
+    // What a serve killed between its reply and its ack leaves behind.
+    const json peeked = bob.Json(
+        {"rpc", "recv", json{{"session_id", sid}, {"timeout_ms", 10000}, {"peek", true}}.dump()});
+    REQUIRE(peeked["messages"].size() == 1);
+    const std::string id = peeked["messages"][0]["id"];
+    r = bob({"reply", sid, R"({"city":"Faro","first":true})", "--idempotency-key", "serve:" + id});
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+
+    ChildProcess serve;
+    REQUIRE(serve.Start(bob.Command({"serve", "--intent", "weather", "--max-requests", "1", "--",
+                                     "/bin/sh", "-c", "cat"}),
+                        dir.path() / "serve.log"));
+    const int status = serve.Signal(0, true, 20s);
+    INFO(serve.StderrLog());
+    CHECK(WIFEXITED(status));
+    CHECK(Contains(serve.StderrLog(), "(duplicate)"));
+    r = alice({"recv", "--session", sid, "--timeout", "10"});
+    REQUIRE(r.status == 0);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+    CHECK(json::parse(r.out.substr(0, r.out.find('\n')), nullptr, false)["payload"]["first"] ==
+          true);
+    CHECK(alice({"recv", "--session", sid, "--timeout", "1"}).status == amesh::kExitTimeout);
+    // The request left bob's inbox with the ack.
+    CHECK(bob.Json({"rpc", "recv", json{{"session_id", sid}, {"peek", true}}.dump()})["messages"]
+              .empty());
+  }
+
   SECTION("no answer in time: knock and send --wait exit 5") {
     // Nobody serves bob's requests: the KNOCK is accepted, the request stays unanswered.
     r = alice(

@@ -377,6 +377,7 @@ TEST_CASE("serve runs the command per request and replies with its output", "[cl
                           {"type", "request"},
                           {"payload", {{"text", "hi"}}}}}}}));
   f.Answer("reply", Ok({{"session_id", kSession}, {"sequence", 1}, {"delivery", "delivered"}}));
+  f.Answer("ack", Ok({{"removed", 1}}));
   RunResult r = f.Run({"serve", "--intent", "echo", "--max-requests", "1", "--", "/bin/sh", "-c",
                        "read line; echo \"{\\\"got\\\":$line,\\\"from\\\":\\\"$AMESH_FROM\\\"}\""});
   INFO(r.err);
@@ -385,9 +386,21 @@ TEST_CASE("serve runs the command per request and replies with its output", "[cl
   CHECK(p["session_id"] == kSession);
   CHECK(p["type"] == "response");
   CHECK(p["payload"] == json{{"got", {{"text", "hi"}}}, {"from", kAmid}});
-  // Only the matching session was drained.
+  // One reply per request, whatever happens to serve: the key is derived from the message id.
+  CHECK(p["idempotency_key"] == "serve:m1");
+  // The request leaves the inbox only after the reply.
+  CHECK(f.LastParams("ack") == json{{"ids", {"m1"}}});
+  std::vector<std::string> order;
   for (const auto& req : f.daemon->Requests()) {
-    if (req.value("method", "") == "recv") CHECK(req["params"]["session_id"] == kSession);
+    const std::string method = req.value("method", "");
+    if (method == "reply" || method == "ack") order.push_back(method);
+  }
+  CHECK(order == std::vector<std::string>{"reply", "ack"});
+  // Only the matching session was drained, and without taking the message out.
+  for (const auto& req : f.daemon->Requests()) {
+    if (req.value("method", "") != "recv") continue;
+    CHECK(req["params"]["session_id"] == kSession);
+    CHECK(req["params"]["peek"] == true);
   }
   (void)recv_calls;
 

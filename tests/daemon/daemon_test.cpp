@@ -442,6 +442,54 @@ TEST_CASE("daemon: knock rejected - blocked or intent_not_accepted or not_in_all
   CHECK(CountLines(mesh.dir() / "bob" / "logs" / "audit.jsonl", "\"decision\":\"reject\"") == 8);
 }
 
+TEST_CASE("daemon: recv with peek leaves messages in the inbox until ack", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string sid = OpenSession(a, b, "conversation");
+  // A peek that waits is answered by the arrival, and the message stays.
+  std::thread later([&] {
+    std::this_thread::sleep_for(200ms);
+    RpcClient c;
+    REQUIRE(c.Connect(a.socket()));
+    for (int i = 1; i <= 2; ++i) c.Call("send", {{"to", sid}, {"payload", {{"n", i}}}});
+  });
+  json first = b.rpc.Call("recv", {{"peek", true}, {"limit", 1}, {"timeout_ms", 10000}});
+  later.join();
+  REQUIRE(first["messages"].size() == 1);
+  const std::string id1 = first["messages"][0]["id"];
+  CHECK(first["messages"][0]["payload"]["n"] == 1);
+  json again = b.rpc.Call("recv", {{"peek", true}, {"limit", 1}});
+  REQUIRE(again["messages"].size() == 1);
+  CHECK(again["messages"][0]["id"] == id1);
+  // It survives a kill -9 of the daemon.
+  b.Kill9();
+  b.Start();
+  json both;
+  for (int i = 0; i < 200; ++i) {
+    both = b.rpc.Call("recv", {{"peek", true}});
+    if (both["messages"].size() == 2) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(both["messages"].size() == 2);
+  CHECK(both["messages"][0]["id"] == id1);
+  CHECK(b.rpc.Call("ack", {{"ids", {id1}}})["removed"] == 1);
+  CHECK(b.rpc.Call("ack", {{"ids", {id1, "no-such-id"}}})["removed"] == 0);
+  json rest = b.rpc.Call("recv", {{"peek", true}});
+  REQUIRE(rest["messages"].size() == 1);
+  CHECK(rest["messages"][0]["payload"]["n"] == 2);
+  // A plain recv takes it out; then the inbox is empty.
+  CHECK(b.rpc.Call("recv")["messages"].size() == 1);
+  CHECK(b.rpc.Call("recv", {{"peek", true}})["messages"].empty());
+  for (const json& bad : {json::object(), json{{"ids", json::array()}}, json{{"ids", "x"}},
+                          json{{"ids", {1}}}, json{{"ids", {""}}}}) {
+    INFO(bad.dump());
+    json e = b.rpc.CallError("ack", bad);
+    CHECK(e["code"] == -32602);
+  }
+  CHECK(b.rpc.CallError("recv", {{"peek", "yes"}})["data"]["field"] == "peek");
+}
+
 TEST_CASE("daemon: offline delivery - receiver down then up", "[daemon]") {
   Mesh mesh;
   auto& a = mesh.Agent("alice");

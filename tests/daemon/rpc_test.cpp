@@ -12,14 +12,14 @@ using namespace agentmesh::daemon;
 
 TEST_CASE("daemon method table is sorted and unique and complete", "[daemon][unit]") {
   auto table = MethodTable();
-  REQUIRE(table.size() >= 29);
+  REQUIRE(table.size() >= 30);
   for (std::size_t i = 1; i < table.size(); ++i) CHECK(table[i - 1].name < table[i].name);
-  for (const char* name :
-       {"allow",      "audit",      "block",       "close",       "daemon.stop", "emergency_stop",
-        "init",       "kill",       "knock",       "lookup",      "pause",       "ping",
-        "policy.get", "policy.set", "policy.test", "recv",        "register",    "reply",
-        "resume",     "search",     "send",        "sessions",    "shutdown",    "status",
-        "subscribe",  "transcript", "unblock",     "unsubscribe", "whoami"}) {
+  for (const char* name : {"ack",         "allow",          "audit",    "block",       "close",
+                           "daemon.stop", "emergency_stop", "init",     "kill",        "knock",
+                           "lookup",      "pause",          "ping",     "policy.get",  "policy.set",
+                           "policy.test", "recv",           "register", "reply",       "resume",
+                           "search",      "send",           "sessions", "shutdown",    "status",
+                           "subscribe",   "transcript",     "unblock",  "unsubscribe", "whoami"}) {
     INFO(name);
     CHECK(FindMethod(name) != nullptr);
   }
