@@ -50,6 +50,7 @@
 #include "agentmesh/core/rng.hpp"
 #include "agentmesh/net/server.hpp"
 #include "bench_stats.hpp"
+#include "loopback_http.hpp"
 #include "process.hpp"
 
 #ifndef AMESH_RELAY_BIN
@@ -501,25 +502,7 @@ double ThreadCpu() {
 // Blocking GET of a relay's /metrics; returns the value of each counter named in `names`.
 std::vector<double> RelayMetrics(std::uint16_t port, const std::vector<std::string>& names) {
   std::vector<double> values(names.size(), 0);
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return values;
-  }
-  const std::string request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  if (::write(fd, request.data(), request.size()) < 0) {
-    ::close(fd);
-    return values;
-  }
-  std::string response;
-  char buf[8192];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) response.append(buf, static_cast<std::size_t>(n));
-  ::close(fd);
+  const std::string response = agentmesh::testing::LoopbackHttpGet(port, "/metrics");
   for (std::size_t i = 0; i < names.size(); ++i) {
     const auto at = response.find("\n" + names[i] + " ");
     if (at != std::string::npos) values[i] = std::atof(response.c_str() + at + names[i].size() + 2);

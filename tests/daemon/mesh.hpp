@@ -3,15 +3,12 @@
 // audit-log polling, opening a session, draining an inbox.
 #pragma once
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-
 #include <fstream>
 #include <memory>
 #include <sstream>
 
 #include "harness.hpp"
+#include "loopback_http.hpp"
 
 namespace agentmesh::testing {
 
@@ -106,26 +103,9 @@ class Mesh {
 
 inline std::string Amid(DaemonProcess& d) { return d.rpc.Call("whoami")["amid"]; }
 
-// GET http://127.0.0.1:port/path → the body ("" on any failure). HTTP/1.0, no keep-alive.
+// GET http://127.0.0.1:port/path → the body ("" on any failure).
 inline std::string HttpGetText(std::uint16_t port, const std::string& path) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return {};
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  (void)!::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-  std::string resp;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) resp.append(buf, static_cast<std::size_t>(n));
-  ::close(fd);
-  const auto body = resp.find("\r\n\r\n");
-  return body == std::string::npos ? std::string() : resp.substr(body + 4);
+  return HttpResponseBody(LoopbackHttpGet(port, path));
 }
 
 // The JSON body of GET http://127.0.0.1:port/path (null on any failure).

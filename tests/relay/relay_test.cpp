@@ -16,6 +16,7 @@
 #include "agentmesh/core/relay_frames.hpp"
 #include "agentmesh/net/client.hpp"
 #include "agentmesh/net/tls.hpp"
+#include "loopback_http.hpp"
 #include "process.hpp"
 #include "ws_test_client.hpp"
 
@@ -75,27 +76,6 @@ class RelayProcess {
   std::uint16_t port_ = 0;
 };
 
-// Minimal blocking HTTP/1.1 GET for /health and /metrics.
-std::string HttpGet(std::uint16_t port, const std::string& path) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return {};
-  }
-  const std::string request = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  (void)::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-  std::string response;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) response.append(buf, static_cast<std::size_t>(n));
-  ::close(fd);
-  return response;
-}
-
 json Send(const std::string& to, const std::string& payload, const std::string& id = {},
           const std::string& type = "message") {
   json frame = {
@@ -125,12 +105,12 @@ TEST_CASE("relay: CONNECT succeeds and /health, /metrics answer", "[relay]") {
   CHECK((*connected)["session_id"].is_string());
   CHECK((*connected)["pending_messages"] == 0);
 
-  const std::string health = HttpGet(relay.port(), "/health");
+  const std::string health = LoopbackHttpGet(relay.port(), "/health");
   CHECK(health.find("200 OK") != std::string::npos);
   CHECK(health.find(R"("agents_online":1)") != std::string::npos);
-  const std::string metrics = HttpGet(relay.port(), "/metrics");
+  const std::string metrics = LoopbackHttpGet(relay.port(), "/metrics");
   CHECK(metrics.find("amesh_relay_connects_total 1") != std::string::npos);
-  CHECK(HttpGet(relay.port(), "/nope").find("404") != std::string::npos);
+  CHECK(LoopbackHttpGet(relay.port(), "/nope").find("404") != std::string::npos);
 }
 
 TEST_CASE("relay: every CONNECT failure gets an error frame, then a close", "[relay]") {
@@ -428,7 +408,7 @@ TEST_CASE("relay: messages queued in the loop turn of the recipient's CONNECT fo
       receipted.insert((*receipt)["id"].get<std::string>());
     }
     CHECK(receipted == sent);
-    CHECK(HttpGet(relay.port(), "/metrics").find("\namesh_relay_queued_messages 0") !=
+    CHECK(LoopbackHttpGet(relay.port(), "/metrics").find("\namesh_relay_queued_messages 0") !=
           std::string::npos);
     return (*first)["pending_messages"].get<int>();
   };
@@ -476,7 +456,8 @@ TEST_CASE("relay: queued messages expire after the TTL", "[relay]") {
   REQUIRE(connected);
   CHECK((*connected)["pending_messages"] == 0);
   CHECK_FALSE(b.RecvType("receive", 300ms));
-  CHECK(HttpGet(relay.port(), "/metrics").find("amesh_relay_expired_total 1") != std::string::npos);
+  CHECK(LoopbackHttpGet(relay.port(), "/metrics").find("amesh_relay_expired_total 1") !=
+        std::string::npos);
 }
 
 TEST_CASE("relay: a full queue refuses the send instead of dropping", "[relay]") {
@@ -689,7 +670,7 @@ TEST_CASE("relay: connection flood from one address is capped with RATE_LIMITED"
     CHECK(*code == 1008);
   }
   for (auto& c : clients) CHECK(c->open());
-  const std::string metrics = HttpGet(relay.port(), "/metrics");
+  const std::string metrics = LoopbackHttpGet(relay.port(), "/metrics");
   CHECK(metrics.find("amesh_relay_connections_refused_total 5") != std::string::npos);
   clients.pop_back();
   std::this_thread::sleep_for(200ms);
@@ -828,7 +809,7 @@ TEST_CASE("relay: --max-invalid-frames closes a connection that keeps sending ga
   auto code = a.WaitClosed();
   REQUIRE(code);
   CHECK(*code == 1008);
-  CHECK(HttpGet(relay.port(), "/metrics").find("amesh_relay_invalid_frames_total 3") !=
+  CHECK(LoopbackHttpGet(relay.port(), "/metrics").find("amesh_relay_invalid_frames_total 3") !=
         std::string::npos);
 }
 
@@ -932,7 +913,7 @@ TEST_CASE("relay: a reader that stays too slow is disconnected and loses nothing
     collect_results(0, 600);
     b.Close();
   }
-  const std::string metrics = HttpGet(relay.port(), "/metrics");
+  const std::string metrics = LoopbackHttpGet(relay.port(), "/metrics");
   CHECK(metrics.find("amesh_relay_slow_disconnects_total 0") == std::string::npos);
   // Everything arrives on the next connection(s), once each after acks, in the order sent — also
   // what a sends while the backlog is still being pushed.
