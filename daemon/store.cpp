@@ -121,12 +121,18 @@ CREATE TABLE sent_keys(
   key TEXT PRIMARY KEY, session_id TEXT NOT NULL, sequence INTEGER NOT NULL, at INTEGER NOT NULL);
 )sql";
 
+// `ack` finds a waiting message by its relay id.
+constexpr std::string_view kMigration4 = R"sql(
+CREATE INDEX inbox_waiting_relay_id ON inbox(relay_id) WHERE consumed = 0;
+)sql";
+
 }  // namespace
 
 Result<Store> Store::Open(const std::string& path) {
   auto db = storage::Database::Open(path);
   if (!db) return std::unexpected(db.error());
-  const std::array<std::string_view, 3> migrations = {kMigration1, kMigration2, kMigration3};
+  const std::array<std::string_view, 4> migrations = {kMigration1, kMigration2, kMigration3,
+                                                      kMigration4};
   if (auto r = db->Migrate(migrations); !r) return std::unexpected(r.error());
   // A 16 MB page cache (SQLite's default is 2 MB): a message stream re-read index pages of the
   // growing inbox. Checkpoints run on the Checkpointer's thread, never inside a commit on the
@@ -446,9 +452,10 @@ Result<void> Store::ConsumeInbox(std::int64_t seq) {
 }
 
 Result<bool> Store::ConsumeInboxByRelayId(std::string_view relay_id) {
+  // One row: the relay's ids are unique, and `seen` keeps a second copy out of the inbox.
   AM_STMT(s,
-          "UPDATE inbox SET consumed = 1, payload = x'' "
-          "WHERE relay_id = ? AND consumed = 0 AND held = 0");
+          "UPDATE inbox SET consumed = 1, payload = x'' WHERE seq = (SELECT seq FROM inbox "
+          "WHERE relay_id = ? AND consumed = 0 AND held = 0 ORDER BY seq LIMIT 1)");
   s.Bind(1, relay_id);
   if (auto r = s.Run(); !r) return std::unexpected(r.error());
   return db_.Changes() > 0;

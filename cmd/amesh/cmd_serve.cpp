@@ -8,8 +8,10 @@
 // the intent matches; `reply` per request with the idempotency key "serve:<message id>"; then
 // `ack` the message. A crash of serve (or of the command) at any point leaves the request in the
 // inbox, and the next serve handles it again; if the reply had gone out already, the key makes
-// the second reply a duplicate that is not sent. So each request gets exactly one reply, and the
-// command may run twice for a request only across a crash.
+// the second reply a duplicate that is not sent (within the daemon's 24 h key memory). So a
+// request gets at most one reply, and exactly one unless the daemon refuses it for good (the
+// session ended). The command may run twice for a request across a crash, or when two servers
+// serve overlapping intents of one daemon: both see the request, one reply goes out.
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -20,6 +22,7 @@
 
 extern char** environ;
 
+#include <algorithm>
 #include <cctype>
 #include <map>
 #include <string_view>
@@ -39,7 +42,12 @@ struct ServeArgs {
   std::vector<std::string> command;
 };
 
-constexpr std::size_t kMaxOutputBytes = 1u << 20;
+constexpr int kRpcLimitExceeded = -32005;
+// The reply travels in one RPC line (at most 1 MiB) and one envelope (at most 1 MiB): output
+// larger than this could never be sent, so it is answered as response_too_large at once.
+constexpr std::size_t kMaxOutputBytes = (1u << 20) - (16u << 10);
+// How often a reply refused for the session's message rate is tried again before giving up.
+constexpr int kReplyAttempts = 5;
 
 struct CommandOutcome {
   bool started = false;
@@ -321,7 +329,8 @@ class Server {
       fail("timeout", "the service did not answer within " +
                           std::to_string(static_cast<long long>(args_.timeout)) + " s");
     } else if (run.too_large) {
-      fail("response_too_large", "the service's output exceeded 1 MiB");
+      fail("response_too_large",
+           "the service's output exceeded " + std::to_string(kMaxOutputBytes / 1024) + " KiB");
     } else if (!WIFEXITED(run.status) || WEXITSTATUS(run.status) != 0) {
       fail("service_failed",
            WIFEXITED(run.status)
@@ -341,6 +350,27 @@ class Server {
         {"session_id", session_id}, {"payload", reply_payload}, {"type", reply_type}};
     if (auto key = ReplyKey(StringField(message, "id"))) reply_params["idempotency_key"] = *key;
     auto replied = client_.Call("reply", reply_params, Context::kDefaultTimeout);
+    for (int attempt = 1; !replied && attempt < kReplyAttempts; ++attempt) {
+      const agentmesh::rpc::RpcError& e = replied.error();
+      if (e.origin != agentmesh::rpc::ErrorOrigin::kServer || e.code != kRpcLimitExceeded) break;
+      if (const auto wait = e.data.find("retry_after_seconds");
+          e.data.is_object() && wait != e.data.end() && wait->is_number()) {
+        // The session's message rate: the reply can go out in a moment.
+        const double seconds = std::clamp(wait->get<double>(), 0.1, 60.0);
+        Log("session " + session_id + ": the session's message rate holds the reply back " +
+            std::to_string(static_cast<int>(seconds + 0.5)) + " s");
+        std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<long>(seconds * 1000)));
+      } else if (reply_type == "response" && e.field == "payload") {
+        // Too large for the session (its max_message_size_bytes) or the relay: say so instead.
+        reply_type = "error";
+        reply_payload = {{"code", "response_too_large"}, {"message", e.message}};
+        reply_params["type"] = reply_type;
+        reply_params["payload"] = reply_payload;
+      } else {
+        break;
+      }
+      replied = client_.Call("reply", reply_params, Context::kDefaultTimeout);
+    }
     if (!replied) {
       if (replied.error().origin != agentmesh::rpc::ErrorOrigin::kServer) {
         return ctx_.Fail(replied.error());

@@ -25,12 +25,18 @@ struct Fixture {
   ScratchDir dir;
   std::mutex mutex;
   std::map<std::string, json> answers;  // method → {"result"|"error"…}
+  // Consulted first when set: the answer to (method, params), or null for `answers`.
+  std::function<json(const std::string&, const json&)> script;
   std::unique_ptr<FakeDaemon> daemon;
 
   Fixture() {
     daemon = std::make_unique<FakeDaemon>(
-        dir.path() / "d.sock", [this](const std::string& m, const json&) {
+        dir.path() / "d.sock", [this](const std::string& m, const json& params) {
           std::lock_guard lock(mutex);
+          if (script) {
+            json scripted = script(m, params);
+            if (!scripted.is_null()) return scripted;
+          }
           auto it = answers.find(m);
           if (it != answers.end()) return it->second;
           return RpcErrorObject(-32601, "method_not_found", "unknown method " + m);
@@ -425,6 +431,101 @@ TEST_CASE("serve runs the command per request and replies with its output", "[cl
     CHECK(r.status == 0);
     CHECK(f.LastParams("reply")["payload"] == json{{"result", 42}});
   }
+}
+
+TEST_CASE("serve acks what it cannot or need not answer, and retries a rate-limited reply",
+          "[cli]") {
+  Fixture f;
+  f.Answer("subscribe", Ok({{"subscription", 1}}));
+  f.Answer("sessions", Ok({{"sessions",
+                            {{{"session_id", kSession},
+                              {"role", "receiver"},
+                              {"intent", {{"category", "echo"}}},
+                              {"state", "active"}}}}}));
+  auto message = [](const std::string& id, const std::string& type) {
+    return json{{"id", id},
+                {"session_id", kSession},
+                {"from", kAmid},
+                {"type", type},
+                {"payload", {{"id", id}}}};
+  };
+  // The inbox: a status (nothing to answer), a request whose reply the daemon refuses for good
+  // (the session ended), and a request whose reply is first held back by the message rate.
+  std::vector<json> inbox = {message("s1", "status"), message("m2", "request"),
+                             message("m3", "request")};
+  std::vector<std::string> acked;
+  int m3_replies = 0;
+  f.script = [&](const std::string& method, const json& params) -> json {
+    if (method == "recv") {
+      return inbox.empty() ? Ok({{"messages", json::array()}})
+                           : Ok({{"messages", {inbox.front()}}});
+    }
+    if (method == "ack") {
+      for (const auto& id : params["ids"]) {
+        acked.push_back(id);
+        if (!inbox.empty() && inbox.front()["id"] == id) inbox.erase(inbox.begin());
+      }
+      return Ok({{"removed", params["ids"].size()}});
+    }
+    if (method == "reply" && params["idempotency_key"] == "serve:m2") {
+      return RpcErrorObject(-32002, "conflict", "the session has ended");
+    }
+    if (method == "reply" && params["idempotency_key"] == "serve:m3" && m3_replies++ == 0) {
+      json e = RpcErrorObject(-32005, "limit_exceeded", "the session allows 1 message per minute");
+      e["error"]["data"]["retry_after_seconds"] = 0.2;
+      e["error"]["data"]["field"] = "payload";
+      return e;
+    }
+    if (method == "reply") return Ok({{"session_id", kSession}, {"delivery", "delivered"}});
+    return nullptr;
+  };
+  RunResult r =
+      f.Run({"serve", "--intent", "echo", "--max-requests", "2", "--", "/bin/sh", "-c", "cat"});
+  INFO(r.err);
+  CHECK(r.status == 0);
+  CHECK(acked == std::vector<std::string>{"s1", "m2", "m3"});
+  CHECK(m3_replies == 2);
+  CHECK(r.err.find("ignoring a 'status' message") != std::string::npos);
+  CHECK(r.err.find("could not reply: the session has ended") != std::string::npos);
+  CHECK(r.err.find("message rate holds the reply back") != std::string::npos);
+}
+
+TEST_CASE("serve answers output too large for the session with response_too_large", "[cli]") {
+  Fixture f;
+  f.Answer("subscribe", Ok({{"subscription", 1}}));
+  f.Answer("sessions", Ok({{"sessions",
+                            {{{"session_id", kSession},
+                              {"role", "receiver"},
+                              {"intent", {{"category", "echo"}}},
+                              {"state", "active"}}}}}));
+  f.Answer("recv", Ok({{"messages",
+                        {{{"id", "m1"},
+                          {"session_id", kSession},
+                          {"from", kAmid},
+                          {"type", "request"},
+                          {"payload", {{"text", "hi"}}}}}}}));
+  f.Answer("ack", Ok({{"removed", 1}}));
+  f.script = [](const std::string& method, const json& params) -> json {
+    if (method == "reply" && params["type"] == "response") {
+      json e = RpcErrorObject(-32005, "limit_exceeded",
+                              "the message exceeds the session's max_message_size_bytes (600)");
+      e["error"]["data"]["field"] = "payload";
+      return e;
+    }
+    return nullptr;
+  };
+  f.Answer("reply", Ok({{"session_id", kSession}, {"delivery", "delivered"}}));
+  RunResult r =
+      f.Run({"serve", "--intent", "echo", "--max-requests", "1", "--", "/bin/sh", "-c", "cat"});
+  INFO(r.err);
+  CHECK(r.status == 0);
+  const json p = f.LastParams("reply");
+  CHECK(p["type"] == "error");
+  CHECK(p["payload"]["code"] == "response_too_large");
+  CHECK(p["payload"]["message"] ==
+        "the message exceeds the session's max_message_size_bytes (600)");
+  CHECK(p["idempotency_key"] == "serve:m1");
+  CHECK(f.LastParams("ack") == json{{"ids", {"m1"}}});
 }
 
 TEST_CASE("an explicit home beats XDG_RUNTIME_DIR for the socket, as in agentmeshd", "[cli]") {

@@ -447,15 +447,19 @@ TEST_CASE("daemon: recv with peek leaves messages in the inbox until ack", "[dae
   auto& a = mesh.Agent("alice");
   auto& b = mesh.Agent("bob", json::array({"travel"}));
   const std::string sid = OpenSession(a, b, "conversation");
-  // A peek that waits is answered by the arrival, and the message stays.
-  std::thread later([&] {
-    std::this_thread::sleep_for(200ms);
-    RpcClient c;
-    REQUIRE(c.Connect(a.socket()));
-    for (int i = 1; i <= 2; ++i) c.Call("send", {{"to", sid}, {"payload", {{"n", i}}}});
-  });
-  json first = b.rpc.Call("recv", {{"peek", true}, {"limit", 1}, {"timeout_ms", 10000}});
-  later.join();
+  // A peek that waits is answered by the arrival, and the message stays. The waiting call is
+  // written on its own connection before anything is sent.
+  RpcClient waiter;
+  REQUIRE(waiter.Connect(b.socket()));
+  REQUIRE(waiter.WriteRaw(json{{"jsonrpc", "2.0"},
+                               {"id", 1},
+                               {"method", "recv"},
+                               {"params", {{"peek", true}, {"limit", 1}, {"timeout_ms", 20000}}}}
+                              .dump() +
+                          "\n"));
+  CHECK_FALSE(waiter.ReadLine(300ms).has_value());  // the inbox is empty: it waits
+  for (int i = 1; i <= 2; ++i) a.rpc.Call("send", {{"to", sid}, {"payload", {{"n", i}}}});
+  json first = waiter.ReadResponse(1)["result"];
   REQUIRE(first["messages"].size() == 1);
   const std::string id1 = first["messages"][0]["id"];
   CHECK(first["messages"][0]["payload"]["n"] == 1);
