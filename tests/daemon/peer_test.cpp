@@ -264,6 +264,71 @@ TEST_CASE("peer: a KNOCK whose signature does not verify is rejected with invali
   CHECK(bob.rpc.Call("sessions", {{"state", "active"}})["sessions"].size() == 1);
 }
 
+TEST_CASE("peer: undecryptable or malformed first messages are refused and change nothing",
+          "[daemon][peer]") {
+  Mesh mesh;
+  auto& bob = mesh.Agent("bob", json::array({"travel"}));
+  RoguePeer rogue(mesh.relay_url());
+  RogueSession s = rogue.Open(mesh, bob);
+  const std::string knock = rogue.Seal(s, rogue.MakeKnock(s).Serialize());
+  auto knock_bytes = Base64Decode(knock);
+  REQUIRE(knock_bytes.has_value());
+  Bytes flipped = *knock_bytes;
+  flipped.back() ^= 0x01;  // the AEAD tag no longer matches
+  const Bytes truncated(knock_bytes->begin(), knock_bytes->begin() + 40);
+  Bytes noise(100);
+  for (std::size_t i = 0; i < noise.size(); ++i) noise[i] = static_cast<std::uint8_t>(i * 7);
+  RogueSession not_knock = rogue.Open(mesh, bob);
+  RogueSession not_json = rogue.Open(mesh, bob);
+  const std::vector<std::pair<const char*, std::string>> garbage = {
+      {"not base64", "not base64 !!!"},
+      {"noise", Base64Encode(noise)},
+      {"truncated prekey message", Base64Encode(truncated)},
+      {"prekey message with a bad tag", Base64Encode(flipped)},
+      {"first message not a KNOCK",
+       rogue.Seal(not_knock, rogue.MakeEnvelope(not_knock, {{"n", 1}}))},
+      {"first message not JSON", rogue.Seal(not_json, "{not json")},
+  };
+  for (const auto& [name, payload] : garbage) {
+    INFO(name);
+    rogue.SendPayload(s.peer, payload, "knock");
+  }
+  // The real KNOCK of the session whose copy was spoiled is still accepted: a failed attempt
+  // used up nothing (not the one-time prekey, not the session id). The relay keeps the order, so
+  // by the ACCEPT bob has handled every piece of garbage.
+  rogue.SendPayload(s.peer, knock, "knock");
+  auto answer = rogue.Next(s);
+  INFO(mesh.log());
+  REQUIRE(answer.has_value());
+  CHECK(std::holds_alternative<Accept>(*answer));
+  CHECK(rogue.skipped() == 0);  // no answer to any of the garbage
+
+  const json sessions = bob.rpc.Call("sessions");
+  REQUIRE(sessions["sessions"].size() == 1);
+  CHECK(sessions["sessions"][0]["session_id"] == s.id);
+  CHECK(CountLines(bob.home() / "logs" / "audit.jsonl", "\"knock.received\"") == 1);
+  CHECK(bob.rpc.Call("status")["inbox"]["pending"] == 0);
+  std::size_t dropped = 0;
+  const std::string log = bob.log();
+  for (auto at = log.find("dropping relay message"); at != std::string::npos;
+       at = log.find("dropping relay message", at + 1)) {
+    ++dropped;
+  }
+  CHECK(dropped == garbage.size());
+  CHECK(log.find("the first message of a session is not a KNOCK") != std::string::npos);
+
+  // A message of the accepted session, relayed by another agent, is not taken as the rogue's.
+  RoguePeer courier(mesh.relay_url());
+  const std::string stolen = rogue.Seal(s, rogue.MakeEnvelope(s, {{"n", 1}}));
+  courier.SendPayload(s.peer, stolen, "message");
+  rogue.SendPayload(s.peer, stolen, "message");
+  json got = RecvAll(bob, 1, 10s);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["payload"]["n"] == 1);
+  CHECK(got[0]["from"] == rogue.amid().str());
+  CHECK(bob.log().find("session belongs to another peer") != std::string::npos);
+}
+
 TEST_CASE("peer: a KNOCK relayed from another identity than its sender is invalid_signature",
           "[daemon][peer]") {
   // A correctly signed KNOCK of one agent, sent over the relay connection of another: the relay
