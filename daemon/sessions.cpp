@@ -13,6 +13,9 @@ namespace agentmesh::daemon {
 
 namespace {
 
+// Messages of a session held while its KNOCK is evaluated (see HandleIncoming).
+constexpr std::size_t kMaxHeldBeforeAnswer = 64;
+
 bool IsLive(const LiveSession& s) { return s.row.state == "pending" || s.row.state == "active"; }
 
 std::string InboxAd(const std::string& session_id, std::uint64_t sequence) {
@@ -574,6 +577,11 @@ void Daemon::HandleIncoming(const IncomingMessage& m) {
     // The session's KNOCK is still being evaluated: hold this (optimistic) message, unacked.
     for (const auto& held : ev->second) {
       if (held.id == m.id) return;
+    }
+    // A daemon sends one optimistic message before the answer; a peer that sends a flood is not
+    // given the memory to hold it.
+    if (ev->second.size() >= kMaxHeldBeforeAnswer) {
+      return Nack(*this, m, "too many messages before its session's KNOCK was answered");
     }
     ev->second.push_back(m);
     return;

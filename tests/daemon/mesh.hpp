@@ -77,6 +77,7 @@ class Mesh {
 
   const std::filesystem::path& dir() const { return dir_.path(); }
   std::uint16_t registry_port() { return registry_.port(); }
+  ServerProcess& registry() { return registry_; }
   std::uint16_t relay_port() { return relay_.port(); }
   const std::string& relay_url() const { return relay_url_; }
 

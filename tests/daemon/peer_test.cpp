@@ -329,6 +329,32 @@ TEST_CASE("peer: undecryptable or malformed first messages are refused and chang
   CHECK(bob.log().find("session belongs to another peer") != std::string::npos);
 }
 
+TEST_CASE("peer: messages sent ahead of a KNOCK's answer are held only up to a bound",
+          "[daemon][peer]") {
+  Mesh mesh;
+  auto& bob = mesh.Agent("bob", json::array({"travel"}));
+  RoguePeer rogue(mesh.relay_url());
+  RogueSession s = rogue.Open(mesh, bob);
+  // With the registry stopped, bob's lookup of the sender waits (10 s) before the policy decides:
+  // everything of the session that arrives meanwhile is held in memory.
+  mesh.registry().process().Stop();
+  rogue.SendPayload(s.peer, rogue.Seal(s, rogue.MakeKnock(s).Serialize()), "knock");
+  for (int i = 1; i <= 70; ++i) {
+    rogue.SendPayload(s.peer, rogue.Seal(s, rogue.MakeEnvelope(s, {{"n", i}})), "message");
+  }
+  auto answer = rogue.Next(s, 30s);
+  mesh.registry().process().Signal(SIGCONT, false);
+  INFO(mesh.log());
+  REQUIRE(answer.has_value());
+  REQUIRE(std::holds_alternative<Accept>(*answer));
+  json got = RecvAll(bob, 64, 20s);
+  REQUIRE(got.size() == 64);
+  for (int i = 0; i < 64; ++i) CHECK(got[i]["payload"]["n"] == i + 1);
+  CHECK(bob.rpc.Call("recv", {{"timeout_ms", 500}})["messages"].empty());
+  CHECK(bob.log().find("too many messages before its session's KNOCK was answered") !=
+        std::string::npos);
+}
+
 TEST_CASE("peer: a KNOCK relayed from another identity than its sender is invalid_signature",
           "[daemon][peer]") {
   // A correctly signed KNOCK of one agent, sent over the relay connection of another: the relay
