@@ -68,6 +68,27 @@ struct Fixture {
 
 json Ok(json result) { return json{{"result", std::move(result)}}; }
 
+// A message of kSession from kAmid, as `recv` returns it.
+json InboxMessage(const std::string& id, const std::string& type, json payload) {
+  return json{{"id", id},
+              {"session_id", kSession},
+              {"from", kAmid},
+              {"type", type},
+              {"payload", std::move(payload)}};
+}
+
+// What `serve --intent echo` needs before its first recv: the subscription, and kSession as an
+// active session where this agent receives the intent "echo" (plus `extra` sessions).
+void AnswerEchoSession(Fixture& f, json extra = json::array()) {
+  f.Answer("subscribe", Ok({{"subscription", 1}}));
+  json sessions = json::array({{{"session_id", kSession},
+                                {"role", "receiver"},
+                                {"intent", {{"category", "echo"}}},
+                                {"state", "active"}}});
+  for (auto& s : extra) sessions.push_back(std::move(s));
+  f.Answer("sessions", Ok({{"sessions", std::move(sessions)}}));
+}
+
 }  // namespace
 
 TEST_CASE("whoami prints fields, --json the result verbatim", "[cli]") {
@@ -366,22 +387,11 @@ TEST_CASE("rpc calls any method and prints the result", "[cli]") {
 TEST_CASE("serve runs the command per request and replies with its output", "[cli]") {
   Fixture f;
   std::atomic<int> recv_calls{0};
-  f.Answer("subscribe", Ok({{"subscription", 1}}));
-  f.Answer("sessions", Ok({{"sessions",
-                            {{{"session_id", kSession},
-                              {"role", "receiver"},
-                              {"intent", {{"category", "echo"}}},
-                              {"state", "active"}},
-                             {{"session_id", "11111111-2222-3333-4444-555555555555"},
-                              {"role", "receiver"},
-                              {"intent", {{"category", "other"}}},
-                              {"state", "active"}}}}}));
-  f.Answer("recv", Ok({{"messages",
-                        {{{"id", "m1"},
-                          {"session_id", kSession},
-                          {"from", kAmid},
-                          {"type", "request"},
-                          {"payload", {{"text", "hi"}}}}}}}));
+  AnswerEchoSession(f, json::array({{{"session_id", "11111111-2222-3333-4444-555555555555"},
+                                     {"role", "receiver"},
+                                     {"intent", {{"category", "other"}}},
+                                     {"state", "active"}}}));
+  f.Answer("recv", Ok({{"messages", {InboxMessage("m1", "request", {{"text", "hi"}})}}}));
   f.Answer("reply", Ok({{"session_id", kSession}, {"sequence", 1}, {"delivery", "delivered"}}));
   f.Answer("ack", Ok({{"removed", 1}}));
   RunResult r = f.Run({"serve", "--intent", "echo", "--max-requests", "1", "--", "/bin/sh", "-c",
@@ -436,18 +446,9 @@ TEST_CASE("serve runs the command per request and replies with its output", "[cl
 TEST_CASE("serve acks what it cannot or need not answer, and retries a rate-limited reply",
           "[cli]") {
   Fixture f;
-  f.Answer("subscribe", Ok({{"subscription", 1}}));
-  f.Answer("sessions", Ok({{"sessions",
-                            {{{"session_id", kSession},
-                              {"role", "receiver"},
-                              {"intent", {{"category", "echo"}}},
-                              {"state", "active"}}}}}));
+  AnswerEchoSession(f);
   auto message = [](const std::string& id, const std::string& type) {
-    return json{{"id", id},
-                {"session_id", kSession},
-                {"from", kAmid},
-                {"type", type},
-                {"payload", {{"id", id}}}};
+    return InboxMessage(id, type, {{"id", id}});
   };
   // The inbox: a status (nothing to answer), a request whose reply the daemon refuses for good
   // (the session ended), and a request whose reply is first held back by the message rate.
@@ -492,18 +493,8 @@ TEST_CASE("serve acks what it cannot or need not answer, and retries a rate-limi
 
 TEST_CASE("serve answers output too large for the session with response_too_large", "[cli]") {
   Fixture f;
-  f.Answer("subscribe", Ok({{"subscription", 1}}));
-  f.Answer("sessions", Ok({{"sessions",
-                            {{{"session_id", kSession},
-                              {"role", "receiver"},
-                              {"intent", {{"category", "echo"}}},
-                              {"state", "active"}}}}}));
-  f.Answer("recv", Ok({{"messages",
-                        {{{"id", "m1"},
-                          {"session_id", kSession},
-                          {"from", kAmid},
-                          {"type", "request"},
-                          {"payload", {{"text", "hi"}}}}}}}));
+  AnswerEchoSession(f);
+  f.Answer("recv", Ok({{"messages", {InboxMessage("m1", "request", {{"text", "hi"}})}}}));
   f.Answer("ack", Ok({{"removed", 1}}));
   f.script = [](const std::string& method, const json& params) -> json {
     if (method == "reply" && params["type"] == "response") {
