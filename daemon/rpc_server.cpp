@@ -12,6 +12,9 @@ namespace agentmesh::daemon {
 
 namespace {
 constexpr std::size_t kPauseReadingBytes = 8 << 20;
+// Unread output (handed to libuv or not yet) beyond which a connection is closed when an event is
+// due: a subscriber that stopped reading must not grow the daemon without bound.
+constexpr std::size_t kMaxUnreadOutputBytes = 32 << 20;
 
 // One read buffer for every connection: the read callback consumes it before returning (the
 // bytes are appended to Conn::in), and callbacks run one at a time on the loop thread.
@@ -49,6 +52,8 @@ struct RpcServer::Conn {
   bool closing = false;
   bool close_after_flush = false;
   bool paused = false;
+  bool slow_consumer = false;  // to be closed by the next Flush
+  pid_t pid = 0;               // the peer's, from SO_PEERCRED
 };
 
 std::string DumpJson(const nlohmann::json& value) {
@@ -195,6 +200,7 @@ void RpcServer::OnConnection(int status) {
     return;
   }
   conn->id = next_id_++;
+  conn->pid = cred.pid;
   conns_[conn->id] = conn;
   StartReading(*conn);
 }
@@ -383,10 +389,21 @@ void RpcServer::Fill(Conn& conn, std::uint64_t slot, std::string text) {
 void RpcServer::Notify(ConnId conn_id, std::string_view method, const nlohmann::json& params) {
   auto it = conns_.find(conn_id);
   if (it == conns_.end()) return;
+  Conn& conn = *it->second;
+  if (conn.slow_consumer) return;
+  if (conn.writing + conn.out.size() > kMaxUnreadOutputBytes) {
+    LogWarn(fmt::format(
+        "rpc: closing the connection of pid {}: it has not read {} MiB of output (slow consumer)",
+        conn.pid, (conn.writing + conn.out.size()) >> 20));
+    // Closed by the next Flush, not here: the caller may be iterating what on_close changes.
+    conn.slow_consumer = true;
+    MarkDirty(conn);
+    return;
+  }
   nlohmann::json note = {{"jsonrpc", "2.0"}, {"method", method}, {"params", params}};
-  it->second->out += DumpJson(note);
-  it->second->out += '\n';
-  MarkDirty(*it->second);
+  conn.out += DumpJson(note);
+  conn.out += '\n';
+  MarkDirty(conn);
 }
 
 void RpcServer::MarkDirty(Conn& conn) {
@@ -405,6 +422,10 @@ void RpcServer::Flush() {
 
 void RpcServer::WriteOut(Conn& conn) {
   if (conn.closing) return;
+  if (conn.slow_consumer) {
+    CloseConn(conn);
+    return;
+  }
   if (!conn.out.empty()) {
     auto* req = new WriteReq;
     req->data = std::move(conn.out);

@@ -104,7 +104,9 @@ class RpcServer {
   // Stops listening and closes every connection (pending answers are dropped).
   void Close();
 
-  // Sends a notification {"jsonrpc":"2.0","method":method,"params":params} to `conn`.
+  // Sends a notification {"jsonrpc":"2.0","method":method,"params":params} to `conn`. A
+  // connection with more than 32 MiB of unread output gets none: it is closed as a slow consumer
+  // by the next Flush() (on_close runs then, never inside Notify).
   void Notify(ConnId conn, std::string_view method, const nlohmann::json& params);
   // Writes buffered output of every connection that has some.
   void Flush();

@@ -494,6 +494,36 @@ TEST_CASE("daemon: recv with peek leaves messages in the inbox until ack", "[dae
   CHECK(b.rpc.CallError("recv", {{"peek", "yes"}})["data"]["field"] == "peek");
 }
 
+TEST_CASE("daemon: a subscriber that stops reading is closed as a slow consumer", "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  b.rpc.Call("policy.set", {{"policy",
+                             {{"rate_limit", {{"messages_per_minute", 100000}}},
+                              {"default_constraints", {{"max_messages", 100000}}}}}});
+  const std::string sid = OpenSession(a, b, "conversation");
+  RpcClient sleeper;  // subscribes, then never reads again
+  REQUIRE(sleeper.Connect(b.socket()));
+  REQUIRE(sleeper.Call("subscribe", {{"events", json::array({"message.received"})}})
+              .contains("subscription"));
+  REQUIRE(b.rpc.Call("status")["rpc"]["connections"] == 2);
+  // 1000 events of 40 kB each: more than the 32 MiB a connection may leave unread.
+  const std::string pad(40000, 'x');
+  for (int i = 0; i < 1000; ++i) {
+    a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", i}, {"pad", pad}}}});
+  }
+  bool closed = false;
+  for (int i = 0; i < 600 && !closed; ++i) {
+    closed = b.log().find("(slow consumer)") != std::string::npos;
+    if (!closed) std::this_thread::sleep_for(50ms);
+  }
+  INFO(mesh.log());
+  REQUIRE(closed);
+  CHECK(b.rpc.Call("status")["rpc"]["connections"] == 1);
+  // Nothing is lost to the application: the messages wait in the inbox.
+  CHECK(RecvAll(b, 1000, 60s).size() == 1000);
+}
+
 TEST_CASE("daemon: offline delivery - receiver down then up", "[daemon]") {
   Mesh mesh;
   auto& a = mesh.Agent("alice");
