@@ -3,7 +3,7 @@
 
 __amesh_spec() {
   case "$1" in
-    "") subs='init whoami register lookup search knock send recv reply close sessions policy block unblock allow pause resume kill shutdown emergency-stop audit status daemon rpc serve'; opts='--help -h --version --socket --home --json --no-autostart'; valopts='--socket --home' ;;
+    "") subs='init whoami register lookup search knock send recv ack reply close sessions policy block unblock allow pause resume kill shutdown emergency-stop audit status daemon rpc serve'; opts='--help -h --version --socket --home --json --no-autostart'; valopts='--socket --home' ;;
     "init") subs=''; opts='--help -h --name --registry --relay --force --socket --home --version --json --no-autostart'; valopts='--name --registry --relay --socket --home' ;;
     "whoami") subs=''; opts='--help -h --socket --home --version --json --no-autostart'; valopts='--socket --home' ;;
     "register") subs=''; opts='--help -h --capability -c --display-name --socket --home --version --json --no-autostart'; valopts='--capability -c --display-name --socket --home' ;;
@@ -11,7 +11,8 @@ __amesh_spec() {
     "search") subs=''; opts='--help -h --tier-min --reputation-min --limit --offset --status --socket --home --version --json --no-autostart'; valopts='--tier-min --reputation-min --limit --offset --status --socket --home' ;;
     "knock") subs=''; opts='--help -h --intent -i --action -a --type -t --ttl --expected-messages --unsigned --timeout --socket --home --version --json --no-autostart'; valopts='--intent -i --action -a --type -t --ttl --expected-messages --timeout --socket --home' ;;
     "send") subs=''; opts='--help -h --intent -i --action -a --type -t --idempotency-key -k --wait -w --socket --home --version --json --no-autostart'; valopts='--intent -i --action -a --type -t --idempotency-key -k --wait -w --socket --home' ;;
-    "recv") subs=''; opts='--help -h --follow -f --session -s --from --timeout --limit --socket --home --version --json --no-autostart'; valopts='--session -s --from --timeout --limit --socket --home' ;;
+    "recv") subs=''; opts='--help -h --follow -f --session -s --from --timeout --limit --peek --socket --home --version --json --no-autostart'; valopts='--session -s --from --timeout --limit --socket --home' ;;
+    "ack") subs=''; opts='--help -h --socket --home --version --json --no-autostart'; valopts='--socket --home' ;;
     "reply") subs=''; opts='--help -h --type -t --idempotency-key -k --socket --home --version --json --no-autostart'; valopts='--type -t --idempotency-key -k --socket --home' ;;
     "close") subs=''; opts='--help -h --reason --summary --socket --home --version --json --no-autostart'; valopts='--reason --summary --socket --home' ;;
     "sessions") subs=''; opts='--help -h --state --socket --home --version --json --no-autostart'; valopts='--state --socket --home' ;;
@@ -83,6 +84,8 @@ __amesh_value() {
     "recv|--limit") COMPREPLY=() ;;
     "recv|--socket") COMPREPLY=($(compgen -f -- "$cur")) ;;
     "recv|--home") COMPREPLY=($(compgen -f -- "$cur")) ;;
+    "ack|--socket") COMPREPLY=($(compgen -f -- "$cur")) ;;
+    "ack|--home") COMPREPLY=($(compgen -f -- "$cur")) ;;
     "reply|--type"|"reply|-t") COMPREPLY=($(compgen -W 'response status error request capability_negotiation_response' -- "$cur")) ;;
     "reply|--idempotency-key"|"reply|-k") COMPREPLY=() ;;
     "reply|--socket") COMPREPLY=($(compgen -f -- "$cur")) ;;

@@ -20,6 +20,7 @@ complete -c amesh -n '__fish_use_subcommand' -a search -d 'Find agents by capabi
 complete -c amesh -n '__fish_use_subcommand' -a knock -d 'Ask an agent for a session'
 complete -c amesh -n '__fish_use_subcommand' -a send -d 'Send a JSON message to a session or an agent'
 complete -c amesh -n '__fish_use_subcommand' -a recv -d 'Take received messages out of the inbox and print them, one JSON object per line'
+complete -c amesh -n '__fish_use_subcommand' -a ack -d 'Remove messages from the inbox after `amesh recv --peek` printed them'
 complete -c amesh -n '__fish_use_subcommand' -a reply -d 'Answer in a session (a response by default)'
 complete -c amesh -n '__fish_use_subcommand' -a close -d 'Close a session (the peer is told)'
 complete -c amesh -n '__fish_use_subcommand' -a sessions -d 'List sessions (peer, intent, state, message counts)'
@@ -79,6 +80,9 @@ complete -c amesh -n '__fish_seen_subcommand_from recv; and not __fish_seen_subc
 complete -c amesh -n '__fish_seen_subcommand_from recv; and not __fish_seen_subcommand_from policy daemon' -l from -x -d 'only messages from this agent'
 complete -c amesh -n '__fish_seen_subcommand_from recv; and not __fish_seen_subcommand_from policy daemon' -l timeout -x -d 'wait up to this many seconds for a message'
 complete -c amesh -n '__fish_seen_subcommand_from recv; and not __fish_seen_subcommand_from policy daemon' -l limit -x -d 'at most N messages per call'
+complete -c amesh -n '__fish_seen_subcommand_from recv; and not __fish_seen_subcommand_from policy daemon' -l peek -d 'print the messages but leave them in the inbox, until `amesh ack` removes them'
+
+# amesh ack
 
 # amesh reply
 complete -c amesh -n '__fish_seen_subcommand_from reply; and not __fish_seen_subcommand_from policy daemon' -l type -s t -x -a 'response status error request capability_negotiation_response' -d 'envelope type (default response)'

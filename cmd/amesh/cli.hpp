@@ -149,7 +149,7 @@ void RegisterLookup(CLI::App& root, Context& ctx);
 void RegisterSearch(CLI::App& root, Context& ctx);
 void RegisterKnock(CLI::App& root, Context& ctx);
 void RegisterSend(CLI::App& root, Context& ctx);
-void RegisterRecv(CLI::App& root, Context& ctx);
+void RegisterRecv(CLI::App& root, Context& ctx);  // recv, ack
 void RegisterReply(CLI::App& root, Context& ctx);
 void RegisterClose(CLI::App& root, Context& ctx);
 void RegisterSessions(CLI::App& root, Context& ctx);

@@ -1,4 +1,8 @@
-// amesh recv: take messages out of the inbox and print them as NDJSON (method `recv`).
+// amesh recv: take messages out of the inbox and print them as NDJSON (method `recv`); with
+// --peek, print them and leave them there for `amesh ack` (method `ack`).
+#include <istream>
+#include <vector>
+
 #include "commands.hpp"
 
 namespace amesh {
@@ -6,6 +10,7 @@ namespace {
 
 struct RecvArgs {
   bool follow = false;
+  bool peek = false;
   std::string session;
   std::string from;
   std::string timeout;
@@ -16,7 +21,13 @@ struct RecvArgs {
 constexpr long long kFollowSliceMs = 25000;
 
 int RunRecv(Context& ctx, RecvArgs& args) {
+  if (args.peek && args.follow) {
+    return ctx.UsageError("--peek cannot be combined with --follow",
+                          "peeked messages stay in the inbox, so a follow would print them again "
+                          "and again; use `amesh recv --peek` and `amesh ack` in a loop");
+  }
   json params = {{"limit", args.limit}};
+  if (args.peek) params["peek"] = true;
   int status = 0;
   if (!args.session.empty()) {
     if (!ValidSession(ctx, args.session, &status)) return status;
@@ -79,6 +90,64 @@ int RunRecv(Context& ctx, RecvArgs& args) {
   }
 }
 
+struct AckArgs {
+  std::vector<std::string> ids;
+};
+
+// Appends the ids in `in`: one per line, either bare or as the "id" of a message object (what
+// `amesh recv` prints). False with `error` set on a line that is neither.
+bool ReadIds(std::istream& in, std::vector<std::string>& ids, std::string& error) {
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    const auto first = line.find_first_not_of(" \t\r");
+    if (first == std::string::npos) continue;
+    const auto last = line.find_last_not_of(" \t\r");
+    const std::string text = line.substr(first, last - first + 1);
+    if (text.front() != '{') {
+      ids.push_back(text);
+      continue;
+    }
+    const json message = json::parse(text, nullptr, false);
+    if (!message.is_object() || !message.contains("id") || !message["id"].is_string()) {
+      error = "standard input line " + std::to_string(n) + ": a JSON line must be a message " +
+              "object with a string \"id\"";
+      return false;
+    }
+    ids.push_back(message["id"].get<std::string>());
+  }
+  return true;
+}
+
+int RunAck(Context& ctx, AckArgs& args) {
+  std::vector<std::string> ids;
+  for (const auto& id : args.ids) {
+    if (id != "-") {
+      ids.push_back(id);
+      continue;
+    }
+    std::string error;
+    if (!ReadIds(ctx.in(), ids, error)) return ctx.UsageError(error);
+  }
+  for (const auto& id : ids) {
+    if (id.empty() || id.find_first_of(" \t") != std::string::npos) {
+      return ctx.UsageError("not a message id: '" + id + "'");
+    }
+  }
+  if (ids.empty())
+    return ctx.UsageError("no message id given", "amesh ack ID… (or - to read them)");
+  if (ids.size() > 10000) return ctx.UsageError("at most 10000 message ids per call");
+  return CallAndPrint(ctx, "ack", json{{"ids", ids}}, [&](const json& r) {
+    const std::size_t removed = r.value("removed", std::size_t{0});
+    ctx.out() << "Removed " << removed << " of " << ids.size() << " message"
+              << (ids.size() == 1 ? "" : "s") << " from the inbox";
+    if (removed < ids.size()) {
+      const std::size_t missing = ids.size() - removed;
+      ctx.out() << " (" << missing << (missing == 1 ? " was" : " were") << " not there)";
+    }
+    ctx.out() << '\n';
+  });
+}
+
 }  // namespace
 
 void RegisterRecv(CLI::App& root, Context& ctx) {
@@ -100,6 +169,17 @@ void RegisterRecv(CLI::App& root, Context& ctx) {
   sub->add_option("--limit", args->limit, "at most N messages per call (1 to 10000)")
       ->type_name("N")
       ->check(CLI::Range(1, 10000));
+  sub->add_flag("--peek", args->peek,
+                "print the messages but leave them in the inbox, until `amesh ack` removes them");
+
+  auto ack = std::make_shared<AckArgs>();
+  CLI::App* ack_cmd = AddCommand(
+      root, ctx, "ack", "Remove messages from the inbox after `amesh recv --peek` printed them",
+      [ack](Context& c) { return RunAck(c, *ack); });
+  ack_cmd
+      ->add_option("ID", ack->ids,
+                   "message ids; - reads ids, or the NDJSON `amesh recv` prints, from stdin")
+      ->required();
 }
 
 }  // namespace amesh

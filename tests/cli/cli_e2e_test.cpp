@@ -420,6 +420,28 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
     REQUIRE(r.status == 0);
     CHECK(json::parse(r.out.substr(0, r.out.find('\n')), nullptr, false)["payload"] ==
           json{{"text", "hi alice"}});
+    // recv --peek prints and leaves; ack (fed what recv printed) removes.
+    for (int i = 1; i <= 2; ++i) {
+      REQUIRE(alice({"send", sid, json{{"peek", i}}.dump()}).status == 0);
+    }
+    std::string peeked;
+    for (int i = 0; i < 100 && std::count(peeked.begin(), peeked.end(), '\n') < 2; ++i) {
+      r = bob({"recv", "--peek", "--session", sid, "--timeout", "10"});
+      REQUIRE(r.status == 0);
+      peeked = r.out;
+    }
+    REQUIRE(std::count(peeked.begin(), peeked.end(), '\n') == 2);
+    CHECK(bob({"recv", "--peek", "--session", sid}).out == peeked);  // still there
+    r = bob({"ack", "-"}, peeked, false);
+    INFO(r.err);
+    CHECK(r.status == 0);
+    CHECK(Contains(r.out, "Removed 2 of 2 messages from the inbox"));
+    const std::string first_id = json::parse(peeked.substr(0, peeked.find('\n')))["id"];
+    r = bob({"ack", first_id});
+    CHECK(r.status == 0);
+    CHECK(Contains(r.out, "Removed 0 of 1 message from the inbox (1 was not there)"));
+    CHECK(bob({"recv", "--session", sid}).out.empty());
+
     // recv --follow prints messages as they come and, with --timeout, stops when idle that long;
     // rpc subscribe --follow prints the result, then every event.
     ChildProcess follow, events;

@@ -132,6 +132,11 @@ TEST_CASE("usage errors exit 2 with a message and a hint", "[cli]") {
       {{"serve", "--", "cat"}, "", true, "--intent is required"},
       {{"serve", "--intent", "Bad", "--", "cat"}, "", true, "--intent"},
       {{"completion", "tcsh"}, "", true, "tcsh"},
+      {{"recv", "--peek", "--follow"}, "", true, "--peek cannot be combined with --follow"},
+      {{"ack"}, "", true, "ID is required"},
+      {{"ack", "a b"}, "", true, "not a message id: 'a b'"},
+      {{"ack", "-"}, "", false, "no message id given"},
+      {{"ack", "-"}, "{\"type\":\"request\"}\n", false, "line 1: a JSON line must be a message"},
       {{"whoami", "extra"}, "", true, "extra"},
   };
   for (const auto& c : cases) {
@@ -265,7 +270,7 @@ TEST_CASE("generated completions cover every visible command", "[cli]") {
        {"init",   "whoami", "register", "lookup",   "search",   "knock",          "send",
         "recv",   "reply",  "close",    "sessions", "policy",   "block",          "unblock",
         "allow",  "pause",  "resume",   "kill",     "shutdown", "emergency-stop", "audit",
-        "status", "daemon", "rpc",      "serve"}) {
+        "status", "daemon", "rpc",      "serve",    "ack"}) {
     INFO(command);
     CHECK(bash.find(std::string(" ") + command) != std::string::npos);
     CHECK(zsh.find(std::string("'") + command + ":") != std::string::npos);
