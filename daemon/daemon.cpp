@@ -572,11 +572,30 @@ void Daemon::Emit(std::string_view type, std::string_view key, nlohmann::json pa
   if (subscriptions_.empty() || !rpc_) return;
   nlohmann::json params = {{"type", type}, {"time", FormatRfc3339Z(Now())}};
   params[std::string(key)] = std::move(payload);
+  std::vector<std::uint64_t> overflowed;
   for (const auto& [id, sub] : subscriptions_) {
     if (!sub.events.empty() && !sub.events.contains(std::string(type))) continue;
     params["subscription"] = id;
-    rpc_->Notify(sub.conn, "event", params);
+    if (!rpc_->Notify(sub.conn, "event", params)) overflowed.push_back(id);
   }
+  for (const std::uint64_t id : overflowed) DropSlowSubscription(id);
+}
+
+void Daemon::DropSlowSubscription(std::uint64_t id) {
+  auto it = subscriptions_.find(id);
+  if (it == subscriptions_.end()) return;
+  const ConnId conn = it->second.conn;
+  const std::size_t unread = rpc_->UnreadEventBytes(conn);
+  subscriptions_.erase(it);
+  LogWarn(fmt::format(
+      "rpc: dropped subscription {} of pid {}: it has not read {} MiB of events (slow consumer)",
+      id, rpc_->PeerPid(conn), unread >> 20));
+  rpc_->Notify(conn, "event",
+               {{"type", "subscription.dropped"},
+                {"time", FormatRfc3339Z(Now())},
+                {"subscription", id},
+                {"dropped", {{"reason", "slow_consumer"}, {"unread_bytes", unread}}}},
+               true);
 }
 
 void Daemon::Audit(std::string_view event, nlohmann::json fields) {

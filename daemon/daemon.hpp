@@ -329,6 +329,9 @@ class Daemon {
   };
   std::unordered_map<std::string, CachedLookup> lookup_cache_;
 
+  // Ends subscription `id` whose connection stopped reading its events, telling it so with a
+  // final `subscription.dropped` event (sent whatever the subscription's filter).
+  void DropSlowSubscription(std::uint64_t id);
   struct Subscription {
     ConnId conn = 0;
     std::set<std::string> events;  // empty = all

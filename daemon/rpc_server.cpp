@@ -12,9 +12,9 @@ namespace agentmesh::daemon {
 
 namespace {
 constexpr std::size_t kPauseReadingBytes = 8 << 20;
-// Unread output (handed to libuv or not yet) beyond which a connection is closed when an event is
-// due: a subscriber that stopped reading must not grow the daemon without bound.
-constexpr std::size_t kMaxUnreadOutputBytes = 32 << 20;
+// Events queued for a connection and not yet written (handed to libuv or not yet) beyond which
+// Notify refuses more: a subscriber that stopped reading must not grow the daemon without bound.
+constexpr std::size_t kMaxUnreadEventBytes = 32 << 20;
 
 // One read buffer for every connection: the read callback consumes it before returning (the
 // bytes are appended to Conn::in), and callbacks run one at a time on the loop thread.
@@ -29,6 +29,7 @@ void AllocBuffer(uv_handle_t*, size_t, uv_buf_t* buf) {
 struct WriteReq {
   uv_write_t req;
   std::string data;
+  std::size_t event_bytes;  // of `data`, notifications
   ConnId conn;
   RpcServer* server;
 };
@@ -52,8 +53,9 @@ struct RpcServer::Conn {
   bool closing = false;
   bool close_after_flush = false;
   bool paused = false;
-  bool slow_consumer = false;  // to be closed by the next Flush
-  pid_t pid = 0;               // the peer's, from SO_PEERCRED
+  std::size_t out_event_bytes = 0;      // notifications in `out`
+  std::size_t writing_event_bytes = 0;  // notifications in writes not yet completed
+  pid_t pid = 0;                        // the peer's, from SO_PEERCRED
 };
 
 std::string DumpJson(const nlohmann::json& value) {
@@ -386,24 +388,31 @@ void RpcServer::Fill(Conn& conn, std::uint64_t slot, std::string text) {
   if (wrote || conn.close_after_flush) MarkDirty(conn);
 }
 
-void RpcServer::Notify(ConnId conn_id, std::string_view method, const nlohmann::json& params) {
+bool RpcServer::Notify(ConnId conn_id, std::string_view method, const nlohmann::json& params,
+                       bool even_if_unread) {
   auto it = conns_.find(conn_id);
-  if (it == conns_.end()) return;
+  if (it == conns_.end()) return true;
   Conn& conn = *it->second;
-  if (conn.slow_consumer) return;
-  if (conn.writing + conn.out.size() > kMaxUnreadOutputBytes) {
-    LogWarn(fmt::format(
-        "rpc: closing the connection of pid {}: it has not read {} MiB of output (slow consumer)",
-        conn.pid, (conn.writing + conn.out.size()) >> 20));
-    // Closed by the next Flush, not here: the caller may be iterating what on_close changes.
-    conn.slow_consumer = true;
-    MarkDirty(conn);
-    return;
+  if (!even_if_unread && conn.writing_event_bytes + conn.out_event_bytes > kMaxUnreadEventBytes) {
+    return false;
   }
   nlohmann::json note = {{"jsonrpc", "2.0"}, {"method", method}, {"params", params}};
+  const std::size_t before = conn.out.size();
   conn.out += DumpJson(note);
   conn.out += '\n';
+  conn.out_event_bytes += conn.out.size() - before;
   MarkDirty(conn);
+  return true;
+}
+
+std::size_t RpcServer::UnreadEventBytes(ConnId conn_id) const {
+  auto it = conns_.find(conn_id);
+  return it == conns_.end() ? 0 : it->second->writing_event_bytes + it->second->out_event_bytes;
+}
+
+pid_t RpcServer::PeerPid(ConnId conn_id) const {
+  auto it = conns_.find(conn_id);
+  return it == conns_.end() ? 0 : it->second->pid;
 }
 
 void RpcServer::MarkDirty(Conn& conn) {
@@ -422,14 +431,13 @@ void RpcServer::Flush() {
 
 void RpcServer::WriteOut(Conn& conn) {
   if (conn.closing) return;
-  if (conn.slow_consumer) {
-    CloseConn(conn);
-    return;
-  }
   if (!conn.out.empty()) {
     auto* req = new WriteReq;
     req->data = std::move(conn.out);
     conn.out.clear();
+    req->event_bytes = conn.out_event_bytes;
+    conn.writing_event_bytes += conn.out_event_bytes;
+    conn.out_event_bytes = 0;
     req->conn = conn.id;
     req->server = this;
     conn.writing += req->data.size();
@@ -440,11 +448,13 @@ void RpcServer::WriteOut(Conn& conn) {
                               auto* server = r->server;
                               const ConnId cid = r->conn;
                               const std::size_t size = r->data.size();
+                              const std::size_t event_bytes = r->event_bytes;
                               delete r;
                               auto it = server->conns_.find(cid);
                               if (it == server->conns_.end()) return;
                               Conn& c = *it->second;
                               c.writing -= size;
+                              c.writing_event_bytes -= event_bytes;
                               if (status < 0) {
                                 server->CloseConn(c);
                                 return;
@@ -460,6 +470,7 @@ void RpcServer::WriteOut(Conn& conn) {
                             });
     if (rc != 0) {
       conn.writing -= buf.len;
+      conn.writing_event_bytes -= req->event_bytes;
       delete req;
       CloseConn(conn);
       return;

@@ -18,6 +18,7 @@
 // Thread-safety: loop thread only. Exceptions never leave a libuv callback.
 #pragma once
 
+#include <sys/types.h>
 #include <uv.h>
 
 #include <cstdint>
@@ -104,10 +105,16 @@ class RpcServer {
   // Stops listening and closes every connection (pending answers are dropped).
   void Close();
 
-  // Sends a notification {"jsonrpc":"2.0","method":method,"params":params} to `conn`. A
-  // connection with more than 32 MiB of unread output gets none: it is closed as a slow consumer
-  // by the next Flush() (on_close runs then, never inside Notify).
-  void Notify(ConnId conn, std::string_view method, const nlohmann::json& params);
+  // Queues the notification {"jsonrpc":"2.0","method":method,"params":params} for `conn`
+  // (true for a closed connection: nothing to do). Returns false, queuing nothing, when the
+  // notifications already queued for `conn` and not yet written exceed 32 MiB (answers do not
+  // count), unless `even_if_unread`: the caller then stops sending it events.
+  bool Notify(ConnId conn, std::string_view method, const nlohmann::json& params,
+              bool even_if_unread = false);
+  // Bytes of notifications queued for `conn` and not yet written (0 for a closed connection).
+  std::size_t UnreadEventBytes(ConnId conn) const;
+  // The peer's pid from SO_PEERCRED (0 if unknown or closed), for logs.
+  pid_t PeerPid(ConnId conn) const;
   // Writes buffered output of every connection that has some.
   void Flush();
   bool has_output() const noexcept { return !dirty_.empty(); }

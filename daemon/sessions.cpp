@@ -13,8 +13,10 @@ namespace agentmesh::daemon {
 
 namespace {
 
-// Messages of a session held while its KNOCK is evaluated (see HandleIncoming).
+// Messages of a session held while its KNOCK is evaluated (see HandleIncoming), and of all such
+// sessions together (many KNOCKs, from many identities, cannot multiply the first bound).
 constexpr std::size_t kMaxHeldBeforeAnswer = 64;
+constexpr std::size_t kMaxHeldBeforeAnswers = 1024;
 
 bool IsLive(const LiveSession& s) { return s.row.state == "pending" || s.row.state == "active"; }
 
@@ -580,7 +582,9 @@ void Daemon::HandleIncoming(const IncomingMessage& m) {
     }
     // A daemon sends one optimistic message before the answer; a peer that sends a flood is not
     // given the memory to hold it.
-    if (ev->second.size() >= kMaxHeldBeforeAnswer) {
+    std::size_t held_in_all = 0;
+    for (const auto& [evaluated, held] : knocks_in_evaluation_) held_in_all += held.size();
+    if (ev->second.size() >= kMaxHeldBeforeAnswer || held_in_all >= kMaxHeldBeforeAnswers) {
       return Nack(*this, m, "too many messages before its session's KNOCK was answered");
     }
     ev->second.push_back(m);
@@ -1036,7 +1040,16 @@ void Daemon::SendEnvelope(const std::string& session_id, EnvelopeType type, nloh
     done(RpcFail(MakeError(Code::kNotFound, "no such session", "session_id")));
     return;
   }
-  const bool optimistic = s->row.state == "pending" && s->optimistic;
+  // Before the ACCEPT only the optimistic first message goes out: a receiver holds just a few
+  // messages ahead of its answer (PROTOCOL.md §11.4) and drops the rest.
+  const bool optimistic = s->row.state == "pending" && s->optimistic && s->row.last_sent_seq == 0;
+  if (s->row.state == "pending" && s->optimistic && !optimistic) {
+    done(RpcFail(MakeError(Code::kConflict,
+                           "the session is pending: its KNOCK is not answered yet; send again "
+                           "once it is active",
+                           "session_id")));
+    return;
+  }
   if ((s->row.state != "active" && !optimistic) || !s->ratchet) {
     done(RpcFail(
         MakeError(Code::kConflict, fmt::format("the session is {}", s->row.state), "session_id")));

@@ -74,18 +74,54 @@ int RunAudit(Context& ctx, const AuditArgs& args) {
   if (!subscribed) return ctx.Fail(subscribed.error());
   auto backlog = (*client)->Call("audit", params, Context::kDefaultTimeout);
   if (!backlog) return ctx.Fail(backlog.error());
-  std::set<std::string> seen;
+  std::set<std::string> seen;  // printed from a backlog, not yet seen as an event
+  std::string last_time;       // of the last event printed
+  std::set<std::string> printed_at_last_time;
+  auto print_once = [&](const json& e) {
+    const std::string time = e.value("time", "");
+    if (time != last_time) {
+      last_time = time;
+      printed_at_last_time.clear();
+    }
+    printed_at_last_time.insert(Compact(e));
+    print(e);
+  };
   for (const auto& e : backlog->value("events", json::array())) {
     seen.insert(Compact(e));
-    print(e);
+    print_once(e);
   }
   while (true) {
     auto event = (*client)->NextEvent(std::nullopt);
     if (!event) return ctx.Fail(event.error());
     if (!*event) continue;
+    if ((**event).value("type", "") == "subscription.dropped") {
+      // This process read too slowly (its output is slower than the events): subscribe again and
+      // catch up from the log, from the last event printed.
+      auto again =
+          (*client)->Call("subscribe", json{{"events", {"audit"}}}, Context::kDefaultTimeout);
+      if (!again) return ctx.Fail(again.error());
+      while (true) {
+        json page_params = {{"limit", 10000}};
+        if (!last_time.empty()) page_params["since"] = last_time;
+        auto page = (*client)->Call("audit", page_params, Context::kDefaultTimeout);
+        if (!page) return ctx.Fail(page.error());
+        const json events = page->value("events", json::array());
+        const std::string page_start = last_time;
+        for (const auto& e : events) {
+          if (e.value("time", "") == last_time && printed_at_last_time.contains(Compact(e))) {
+            continue;
+          }
+          seen.insert(Compact(e));
+          print_once(e);
+        }
+        if (events.size() < 10000 || last_time == page_start) break;
+      }
+      if (!ctx.out()) return kExitOk;
+      continue;
+    }
     const json e = EventFromNotification(**event);
     if (!seen.empty() && seen.erase(Compact(e)) > 0) continue;
-    print(e);
+    print_once(e);
     if (!ctx.out()) return kExitOk;
   }
 }

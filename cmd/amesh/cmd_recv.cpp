@@ -1,6 +1,10 @@
 // amesh recv: take messages out of the inbox and print them as NDJSON (method `recv`); with
 // --peek, print them and leave them there for `amesh ack` (method `ack`).
+#include <algorithm>
 #include <istream>
+#include <iterator>
+#include <set>
+#include <sstream>
 #include <vector>
 
 #include "commands.hpp"
@@ -50,12 +54,12 @@ int RunRecv(Context& ctx, RecvArgs& args) {
         ctx.Call("recv", params,
                  std::chrono::milliseconds(timeout_ms.value_or(0)) + Context::kDefaultTimeout);
     if (!result) return ctx.Fail(result.error());
+    const json messages = result->value("messages", json::array());
     if (ctx.json_output()) {
       ctx.PrintJson(*result);
-      return kExitOk;
+    } else {
+      for (const auto& m : messages) ctx.PrintJsonLine(m);
     }
-    const json messages = result->value("messages", json::array());
-    for (const auto& m : messages) ctx.PrintJsonLine(m);
     if (messages.empty() && timeout_ms.value_or(0) > 0) {
       return ctx.Error(kExitTimeout, "no message within " + args.timeout + " s");
     }
@@ -94,29 +98,54 @@ struct AckArgs {
   std::vector<std::string> ids;
 };
 
-// Appends the ids in `in`: one per line, either bare or as the "id" of a message object (what
-// `amesh recv` prints). False with `error` set on a line that is neither.
-bool ReadIds(std::istream& in, std::vector<std::string>& ids, std::string& error) {
-  std::string line;
-  for (int n = 1; std::getline(in, line); ++n) {
-    const auto first = line.find_first_not_of(" \t\r");
-    if (first == std::string::npos) continue;
-    const auto last = line.find_last_not_of(" \t\r");
-    const std::string text = line.substr(first, last - first + 1);
-    if (text.front() != '{') {
-      ids.push_back(text);
-      continue;
-    }
-    const json message = json::parse(text, nullptr, false);
-    if (!message.is_object() || !message.contains("id") || !message["id"].is_string()) {
-      error = "standard input line " + std::to_string(n) + ": a JSON line must be a message " +
-              "object with a string \"id\"";
-      return false;
-    }
-    ids.push_back(message["id"].get<std::string>());
+// The ids of `messages` (message objects); false if one has no string "id".
+bool IdsOf(const json& messages, std::vector<std::string>& ids) {
+  for (const auto& m : messages) {
+    if (!m.is_object() || !m.contains("id") || !m["id"].is_string()) return false;
+    ids.push_back(m["id"].get<std::string>());
   }
   return true;
 }
+
+// Appends the ids in `in`: either one JSON document (a `recv` result {"messages":[…]} as
+// `amesh --json recv` prints it, a message object, or an array of them), or one message per
+// line: a bare id or a message object (what `amesh recv` prints). False with `error` set on
+// input that is none of these.
+bool ReadIds(std::istream& in, std::vector<std::string>& ids, std::string& error) {
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const json whole = json::parse(text, nullptr, false);
+  if (!whole.is_discarded() && (whole.is_object() || whole.is_array())) {
+    const json messages = whole.is_array() ? whole
+                          : whole.contains("messages") && whole["messages"].is_array()
+                              ? whole["messages"]
+                              : json::array({whole});
+    if (IdsOf(messages, ids)) return true;
+    error = "standard input: every message needs a string \"id\"";
+    return false;
+  }
+  std::istringstream lines(text);
+  std::string line;
+  for (int n = 1; std::getline(lines, line); ++n) {
+    const auto first = line.find_first_not_of(" \t\r");
+    if (first == std::string::npos) continue;
+    const auto last = line.find_last_not_of(" \t\r");
+    const std::string item = line.substr(first, last - first + 1);
+    if (item.front() != '{') {
+      ids.push_back(item);
+      continue;
+    }
+    const json object = json::parse(item, nullptr, false);
+    if (!IdsOf(json::array({object}), ids)) {
+      error = "standard input line " + std::to_string(n) +
+              ": a JSON line must be a message object with a string \"id\"";
+      return false;
+    }
+  }
+  return true;
+}
+
+// Ids per `ack` call: well inside the daemon's 1 MiB request line.
+constexpr std::size_t kAckBatch = 1000;
 
 int RunAck(Context& ctx, AckArgs& args) {
   std::vector<std::string> ids;
@@ -125,27 +154,45 @@ int RunAck(Context& ctx, AckArgs& args) {
       ids.push_back(id);
       continue;
     }
+    if (ctx.io().stdin_is_tty) {
+      return ctx.UsageError("- reads message ids from standard input, which is a terminal",
+                            "amesh recv --peek > batch && handle < batch && amesh ack - < batch");
+    }
     std::string error;
     if (!ReadIds(ctx.in(), ids, error)) return ctx.UsageError(error);
   }
+  std::vector<std::string> unique;
+  std::set<std::string> seen;
   for (const auto& id : ids) {
-    if (id.empty() || id.find_first_of(" \t") != std::string::npos) {
+    if (id.empty() || id.size() > 256 || id.find_first_of(" \t") != std::string::npos) {
       return ctx.UsageError("not a message id: '" + id + "'");
     }
+    if (seen.insert(id).second) unique.push_back(id);
   }
-  if (ids.empty())
+  if (unique.empty()) {
     return ctx.UsageError("no message id given", "amesh ack ID… (or - to read them)");
-  if (ids.size() > 10000) return ctx.UsageError("at most 10000 message ids per call");
-  return CallAndPrint(ctx, "ack", json{{"ids", ids}}, [&](const json& r) {
-    const std::size_t removed = r.value("removed", std::size_t{0});
-    ctx.out() << "Removed " << removed << " of " << ids.size() << " message"
-              << (ids.size() == 1 ? "" : "s") << " from the inbox";
-    if (removed < ids.size()) {
-      const std::size_t missing = ids.size() - removed;
-      ctx.out() << " (" << missing << (missing == 1 ? " was" : " were") << " not there)";
-    }
-    ctx.out() << '\n';
-  });
+  }
+  std::size_t removed = 0;
+  for (std::size_t at = 0; at < unique.size(); at += kAckBatch) {
+    const std::size_t end = std::min(unique.size(), at + kAckBatch);
+    const std::vector<std::string> batch(unique.begin() + static_cast<std::ptrdiff_t>(at),
+                                         unique.begin() + static_cast<std::ptrdiff_t>(end));
+    auto result = ctx.Call("ack", json{{"ids", batch}});
+    if (!result) return ctx.Fail(result.error());
+    removed += result->value("removed", std::size_t{0});
+  }
+  if (ctx.json_output()) {
+    ctx.PrintJson(json{{"removed", removed}});
+    return kExitOk;
+  }
+  ctx.out() << "Removed " << removed << " of " << unique.size() << " message"
+            << (unique.size() == 1 ? "" : "s") << " from the inbox";
+  if (removed < unique.size()) {
+    const std::size_t missing = unique.size() - removed;
+    ctx.out() << " (" << missing << (missing == 1 ? " was" : " were") << " not there)";
+  }
+  ctx.out() << '\n';
+  return kExitOk;
 }
 
 }  // namespace

@@ -201,6 +201,16 @@ class Server {
       // message.received carries `message`.
       const json& e = **event;
       const std::string type = StringField(e, "type");
+      if (type == "subscription.dropped") {
+        // Events piled up while a command ran: subscribe again, then look at every session.
+        Log("the daemon dropped the subscription (events unread while busy); subscribing again");
+        auto again =
+            client_.Call("subscribe", json{{"events", {"message.received", "session.opened"}}},
+                         Context::kDefaultTimeout);
+        if (!again) return ctx_.Fail(again.error());
+        if (auto stop = Rescan()) return stop;
+        continue;
+      }
       const json payload = e.value(type == "session.opened" ? "session" : "message", json());
       const std::string session_id = StringField(payload, "session_id");
       if (session_id.empty()) continue;

@@ -437,10 +437,19 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
     CHECK(r.status == 0);
     CHECK(Contains(r.out, "Removed 2 of 2 messages from the inbox"));
     const std::string first_id = json::parse(peeked.substr(0, peeked.find('\n')))["id"];
-    r = bob({"ack", first_id});
+    r = bob({"ack", first_id, first_id});  // the same id twice counts once
     CHECK(r.status == 0);
     CHECK(Contains(r.out, "Removed 0 of 1 message from the inbox (1 was not there)"));
     CHECK(bob({"recv", "--session", sid}).out.empty());
+    // `amesh --json recv --peek` (one pretty-printed document) feeds ack as well.
+    REQUIRE(alice({"send", sid, R"({"peek":3})"}).status == 0);
+    r = bob({"--json", "recv", "--peek", "--session", sid, "--timeout", "10"});
+    REQUIRE(r.status == 0);
+    REQUIRE(json::parse(r.out)["messages"].size() == 1);
+    r = bob({"--json", "ack", "-"}, r.out, false);
+    INFO(r.err);
+    CHECK(r.status == 0);
+    CHECK(json::parse(r.out, nullptr, false) == json{{"removed", 1}});
 
     // recv --follow prints messages as they come and, with --timeout, stops when idle that long;
     // rpc subscribe --follow prints the result, then every event.

@@ -136,7 +136,12 @@ TEST_CASE("usage errors exit 2 with a message and a hint", "[cli]") {
       {{"ack"}, "", true, "ID is required"},
       {{"ack", "a b"}, "", true, "not a message id: 'a b'"},
       {{"ack", "-"}, "", false, "no message id given"},
-      {{"ack", "-"}, "{\"type\":\"request\"}\n", false, "line 1: a JSON line must be a message"},
+      {{"ack", "-"}, "", true, "which is a terminal"},
+      {{"ack", "-"}, "{\"messages\":[{\"type\":\"request\"}]}", false, "needs a string \"id\""},
+      {{"ack", "-"},
+       "abc\n{\"type\":\"request\"}\n",
+       false,
+       "line 2: a JSON line must be a message"},
       {{"whoami", "extra"}, "", true, "extra"},
   };
   for (const auto& c : cases) {

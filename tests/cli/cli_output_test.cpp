@@ -562,6 +562,95 @@ TEST_CASE("an explicit home beats XDG_RUNTIME_DIR for the socket, as in agentmes
                     {"AGENTMESH_HOME", (dir.path() / "h2").string()}}) == "home-one");
 }
 
+// Requests `f`'s daemon has received for `method` so far.
+int CountRequests(Fixture& f, const std::string& method) {
+  int n = 0;
+  for (const auto& r : f.daemon->Requests()) n += r.value("method", "") == method ? 1 : 0;
+  return n;
+}
+
+// Waits (up to 2 s) until `f`'s daemon has received `count` requests for `method`.
+void WaitRequests(Fixture& f, const std::string& method, int count) {
+  for (int i = 0; i < 200 && CountRequests(f, method) < count; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+TEST_CASE("audit --follow catches up from the log when its subscription is dropped", "[cli]") {
+  Fixture f;
+  f.Answer("subscribe", Ok({{"subscription", 1}}));
+  auto record = [](const std::string& time, const std::string& event) {
+    return json{{"time", time}, {"event", event}};
+  };
+  const json e1 = record("2026-11-24T10:00:01.000Z", "one");
+  const json e2 = record("2026-11-24T10:00:02.000Z", "two");
+  const json e3 = record("2026-11-24T10:00:03.000Z", "three");
+  const json e4 = record("2026-11-24T10:00:04.000Z", "four");
+  std::string catch_up_since;
+  f.script = [&](const std::string& method, const json& params) -> json {
+    if (method != "audit") return nullptr;
+    if (!params.contains("since")) return Ok({{"events", {e1}}});
+    catch_up_since = params["since"];
+    return Ok({{"events", {e1, e2, e3}}});  // from e1's time on: e1 again
+  };
+  std::thread pusher([&] {
+    WaitRequests(f, "audit", 1);
+    f.daemon->Push({{"subscription", 1},
+                    {"type", "subscription.dropped"},
+                    {"dropped", {{"reason", "slow_consumer"}}}});
+    WaitRequests(f, "audit", 2);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (const json& e : {e3, e4}) {  // e3 came with the catch-up already
+      f.daemon->Push({{"subscription", 2}, {"type", "audit"}, {"record", e}});
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    f.daemon.reset();  // hang up: amesh exits
+  });
+  RunResult r = f.Run({"--json", "audit", "--follow"});
+  pusher.join();
+  INFO(r.err);
+  INFO(r.out);
+  std::vector<std::string> events;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    const json e = json::parse(line, nullptr, false);
+    if (!e.is_object() || !e.contains("event")) break;  // the hang-up's error object follows
+    events.push_back(e["event"].get<std::string>());
+  }
+  CHECK(events == std::vector<std::string>{"one", "two", "three", "four"});
+  CHECK(catch_up_since == "2026-11-24T10:00:01.000Z");
+}
+
+TEST_CASE("serve subscribes again when the daemon drops its subscription", "[cli]") {
+  Fixture f;
+  AnswerEchoSession(f);
+  f.Answer("reply", Ok({{"session_id", kSession}, {"delivery", "delivered"}}));
+  f.Answer("ack", Ok({{"removed", 1}}));
+  int subscribes = 0;  // the script runs under the fixture's lock
+  f.script = [&](const std::string& method, const json&) -> json {
+    if (method == "subscribe") ++subscribes;
+    const bool resubscribed = subscribes >= 2;
+    if (method != "recv") return nullptr;
+    // The request is there only once serve subscribed again and looked.
+    return Ok({{"messages", resubscribed ? json::array({InboxMessage("m1", "request", {{"n", 1}})})
+                                         : json::array()}});
+  };
+  std::thread pusher([&] {
+    WaitRequests(f, "recv", 1);
+    f.daemon->Push({{"subscription", 1},
+                    {"type", "subscription.dropped"},
+                    {"dropped", {{"reason", "slow_consumer"}}}});
+  });
+  RunResult r =
+      f.Run({"serve", "--intent", "echo", "--max-requests", "1", "--", "/bin/sh", "-c", "cat"});
+  pusher.join();
+  INFO(r.err);
+  CHECK(r.status == 0);
+  CHECK(CountRequests(f, "subscribe") == 2);
+  CHECK(f.LastParams("reply")["payload"] == json{{"n", 1}});
+  CHECK(r.err.find("subscribing again") != std::string::npos);
+}
+
 TEST_CASE("audit --follow prints the nested record with its own type", "[cli]") {
   Fixture f;
   f.Answer("subscribe", Ok({{"subscription", 1}}));

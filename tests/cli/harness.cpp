@@ -161,7 +161,10 @@ void FakeDaemon::Serve() {
           }
           if (method == "subscribe") {
             std::lock_guard lock(mutex_);
-            subscribers_.push_back(fd);
+            // One copy of each event per connection, however often it subscribed.
+            if (std::find(subscribers_.begin(), subscribers_.end(), fd) == subscribers_.end()) {
+              subscribers_.push_back(fd);
+            }
           }
           if (!request.contains("id")) continue;
           json response = {{"jsonrpc", "2.0"}, {"id", request["id"]}};

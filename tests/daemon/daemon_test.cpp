@@ -494,7 +494,8 @@ TEST_CASE("daemon: recv with peek leaves messages in the inbox until ack", "[dae
   CHECK(b.rpc.CallError("recv", {{"peek", "yes"}})["data"]["field"] == "peek");
 }
 
-TEST_CASE("daemon: a subscriber that stops reading is closed as a slow consumer", "[daemon]") {
+TEST_CASE("daemon: a subscriber that stops reading loses its subscription, not its answers",
+          "[daemon]") {
   Mesh mesh;
   auto& a = mesh.Agent("alice");
   auto& b = mesh.Agent("bob", json::array({"travel"}));
@@ -502,26 +503,71 @@ TEST_CASE("daemon: a subscriber that stops reading is closed as a slow consumer"
                              {{"rate_limit", {{"messages_per_minute", 100000}}},
                               {"default_constraints", {{"max_messages", 100000}}}}}});
   const std::string sid = OpenSession(a, b, "conversation");
-  RpcClient sleeper;  // subscribes, then never reads again
+  const json events = {{"events", json::array({"message.received"})}};
+  RpcClient sleeper;  // subscribes, then reads nothing until the end
   REQUIRE(sleeper.Connect(b.socket()));
-  REQUIRE(sleeper.Call("subscribe", {{"events", json::array({"message.received"})}})
-              .contains("subscription"));
-  REQUIRE(b.rpc.Call("status")["rpc"]["connections"] == 2);
-  // 1000 events of 40 kB each: more than the 32 MiB a connection may leave unread.
+  REQUIRE(sleeper.Call("subscribe", events).contains("subscription"));
+  RpcClient reader;  // subscribes and keeps reading (on a thread without Catch)
+  REQUIRE(reader.Connect(b.socket()));
+  REQUIRE(reader.Call("subscribe", events).contains("subscription"));
+  std::atomic<int> reader_events{0};
+  std::atomic<bool> reader_dropped{false};
+  std::thread reading([&] {
+    const auto deadline = std::chrono::steady_clock::now() + 120s;
+    while (reader_events < 1000 && std::chrono::steady_clock::now() < deadline) {
+      auto line = reader.ReadLine(1s);
+      if (!line) continue;
+      if (line->find("\"message.received\"") != std::string::npos) ++reader_events;
+      if (line->find("\"subscription.dropped\"") != std::string::npos) reader_dropped = true;
+    }
+  });
+  struct Joiner {
+    std::thread& t;
+    ~Joiner() {
+      if (t.joinable()) t.join();
+    }
+  } joiner{reading};
+
+  // 1000 events of 40 kB each: more than the 32 MiB of events a connection may leave unread.
   const std::string pad(40000, 'x');
   for (int i = 0; i < 1000; ++i) {
     a.rpc.Call("send", {{"to", sid}, {"payload", {{"i", i}, {"pad", pad}}}});
   }
-  bool closed = false;
-  for (int i = 0; i < 600 && !closed; ++i) {
-    closed = b.log().find("(slow consumer)") != std::string::npos;
-    if (!closed) std::this_thread::sleep_for(50ms);
+  bool dropped = false;
+  for (int i = 0; i < 1200 && !dropped; ++i) {
+    dropped = b.log().find("(slow consumer)") != std::string::npos;
+    if (!dropped) std::this_thread::sleep_for(50ms);
   }
   INFO(mesh.log());
-  REQUIRE(closed);
-  CHECK(b.rpc.Call("status")["rpc"]["connections"] == 1);
-  // Nothing is lost to the application: the messages wait in the inbox.
-  CHECK(RecvAll(b, 1000, 60s).size() == 1000);
+  REQUIRE(dropped);
+  // The sleeper's connection stays: it reads what was queued, ending with the drop notice, and
+  // its calls are still answered.
+  int sleeper_events = 0;
+  std::optional<json> notice;
+  while (auto line = sleeper.ReadLine(5s)) {
+    const json e = json::parse(*line, nullptr, false);
+    if (e.value("method", "") != "event") continue;
+    if (e["params"]["type"] == "message.received") ++sleeper_events;
+    if (e["params"]["type"] == "subscription.dropped") {
+      notice = e["params"];
+      break;
+    }
+  }
+  REQUIRE(notice.has_value());
+  CHECK((*notice)["dropped"]["reason"] == "slow_consumer");
+  CHECK((*notice)["dropped"]["unread_bytes"].get<std::size_t>() > (32u << 20));
+  CHECK(sleeper_events > 0);
+  CHECK(sleeper_events < 1000);
+  CHECK(sleeper.Call("ping")["pong"] == true);
+  CHECK(b.rpc.Call("status")["rpc"]["connections"] == 3);
+  // The subscriber that kept reading got every event and kept its subscription.
+  reading.join();
+  CHECK(reader_events == 1000);
+  CHECK_FALSE(reader_dropped);
+  // Nothing is lost to the application: the messages wait in the inbox, and one large answer on
+  // the reading connection is not mistaken for unread events.
+  json all = reader.Call("recv", {{"limit", 10000}}, 60s);
+  CHECK(all["messages"].size() == 1000);
 }
 
 TEST_CASE("daemon: offline delivery - receiver down then up", "[daemon]") {
@@ -1574,6 +1620,39 @@ TEST_CASE("daemon: optimistic send to an allowlisted peer - accepted and rejecte
   err = a.rpc.CallError("send", dropped);
   CHECK(err["code"] == -32011);
   CHECK(err["data"]["message_dropped"] == true);
+
+  // Only the first message goes ahead of the answer: another send to the pending session waits
+  // for nothing and is refused (the receiver would hold only a few).
+  REQUIRE(b.process().Stop());
+  REQUIRE(a.rpc.WriteRaw(json{{"jsonrpc", "2.0"},
+                              {"id", 9001},
+                              {"method", "send"},
+                              {"params",
+                               {{"to", b_amid},
+                                {"intent", "weather"},
+                                {"payload", {{"q", "first"}}},
+                                {"session_type", "conversation"}}}}
+                             .dump() +
+                         "\n"));
+  RpcClient other;
+  REQUIRE(other.Connect(a.socket()));
+  std::string pending;
+  for (int i = 0; i < 200 && pending.empty(); ++i) {
+    const json listed = other.Call("sessions", {{"state", "pending"}});
+    if (!listed["sessions"].empty()) pending = listed["sessions"][0]["session_id"];
+    if (pending.empty()) std::this_thread::sleep_for(10ms);
+  }
+  REQUIRE_FALSE(pending.empty());
+  json second = other.CallError("send", {{"to", pending}, {"payload", {{"q", "second"}}}});
+  CHECK(second["code"] == -32002);
+  CHECK(second["message"].get<std::string>().find("pending") != std::string::npos);
+  b.process().Signal(SIGCONT, false);
+  json first = a.rpc.ReadResponse(9001);
+  INFO(first.dump());
+  CHECK(first["result"]["optimistic"] == true);
+  got = RecvAll(b, 1, 10s);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0]["payload"]["q"] == "first");
 }
 
 TEST_CASE("daemon: the signed prekey rotates after 7 days and the old one works for 24 h",
