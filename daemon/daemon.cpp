@@ -342,6 +342,10 @@ Result<void> Daemon::Start() {
         for (auto it = subscriptions_.begin(); it != subscriptions_.end();) {
           it = it->second.conn == conn ? subscriptions_.erase(it) : std::next(it);
         }
+        // Messages leased to that connection are free again for other `recv` calls.
+        if (std::erase_if(leases_, [conn](const auto& l) { return l.second.owner == conn; }) > 0) {
+          ServeWaiters();
+        }
         for (auto it = recv_waits_.begin(); it != recv_waits_.end();) {
           if (it->second.reply.conn() == conn) {
             timers_.Cancel(it->second.timer);

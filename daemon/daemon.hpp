@@ -197,6 +197,14 @@ class Daemon {
   // leaves them in the inbox for `ack` (`recv` with `peek`). A row that cannot be opened is
   // consumed and left out either way.
   std::string TakeMessages(const std::vector<InboxRow>& rows, bool consume = true);
+  // Up to `limit` inbox rows a `recv` may return, oldest first: visible, unconsumed, and not
+  // leased to an earlier `recv` with `lease_ms` whose lease is still running.
+  Result<std::vector<InboxRow>> SelectForRecv(const std::optional<std::string>& session_id,
+                                              const std::optional<std::string>& from, int limit);
+  // Hides `rows` from other `recv` calls for `lease_ms`: until `ack`, the end of the lease or the
+  // close of `owner` (the connection that took them), whichever comes first; then serves waiting
+  // `recv` calls. Leases are not kept across a restart.
+  void Lease(const std::vector<InboxRow>& rows, std::uint64_t lease_ms, ConnId owner);
   void OnRelayMessage(const IncomingMessage& message);
   // One relay message, without serving waiters afterwards (OnRelayMessage does both).
   void HandleIncoming(const IncomingMessage& message);
@@ -299,9 +307,15 @@ class Daemon {
     std::optional<std::string> session_id, from;
     int limit = 100;
     bool peek = false;
+    std::uint64_t lease_ms = 0;
     std::uint64_t timer = 0;
   };
   std::map<std::uint64_t, RecvWait> recv_waits_;
+  struct InboxLease {
+    UnixNanos until = 0;
+    ConnId owner = 0;
+  };
+  std::unordered_map<std::string, InboxLease> leases_;  // by relay message id
   std::uint64_t next_wait_id_ = 1;
 
   struct ResponseWait {

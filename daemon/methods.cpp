@@ -496,10 +496,16 @@ void Recv(Daemon& d, const json& p, Responder reply) {
   auto peek = OptBool(p, "peek");
   if (!peek) return reply(std::unexpected(peek.error()));
   const bool consume = !peek->value_or(false);
-  auto rows = d.store_->SelectInbox(*sid, *from, std::nullopt, max);
+  auto lease = OptUint(p, "lease_ms", 86'400'000);
+  if (!lease) return reply(std::unexpected(lease.error()));
+  const std::uint64_t lease_ms = lease->value_or(0);
+  if (lease_ms > 0 && consume) return reply(BadParam("lease_ms", "needs peek: true"));
+  auto rows = d.SelectForRecv(*sid, *from, max);
   if (!rows) return reply(RpcFail(rows.error()));
   if (!rows->empty() || timeout->value_or(0) == 0) {
-    return reply.Text(d.TakeMessages(*rows, consume));
+    reply.Text(d.TakeMessages(*rows, consume));
+    d.Lease(*rows, lease_ms, reply.conn());
+    return;
   }
   const std::uint64_t id = d.next_wait_id_++;
   Daemon::RecvWait w;
@@ -508,6 +514,7 @@ void Recv(Daemon& d, const json& p, Responder reply) {
   w.from = *from;
   w.limit = max;
   w.peek = !consume;
+  w.lease_ms = lease_ms;
   w.timer = d.timers_.Start(**timeout, [&d, id] {
     auto it = d.recv_waits_.find(id);
     if (it == d.recv_waits_.end()) return;
@@ -535,6 +542,7 @@ void Ack(Daemon& d, const json& p, Responder reply) {
     auto r = d.store_->ConsumeInboxByRelayId(id.get_ref<const std::string&>());
     if (!r) return reply(RpcFail(r.error()));
     removed += *r ? 1 : 0;
+    d.leases_.erase(id.get_ref<const std::string&>());
   }
   reply(json{{"removed", removed}});
 }

@@ -169,6 +169,26 @@ std::string Daemon::TakeMessages(const std::vector<InboxRow>& rows, bool consume
   return out;
 }
 
+Result<std::vector<InboxRow>> Daemon::SelectForRecv(const std::optional<std::string>& session_id,
+                                                    const std::optional<std::string>& from,
+                                                    int limit) {
+  const UnixNanos now = Now();
+  std::erase_if(leases_, [now](const auto& lease) { return lease.second.until <= now; });
+  auto rows =
+      store_->SelectInbox(session_id, from, std::nullopt, limit + static_cast<int>(leases_.size()));
+  if (!rows || leases_.empty()) return rows;
+  std::erase_if(*rows, [this](const InboxRow& row) { return leases_.contains(row.relay_id); });
+  if (rows->size() > static_cast<std::size_t>(limit)) rows->resize(static_cast<std::size_t>(limit));
+  return rows;
+}
+
+void Daemon::Lease(const std::vector<InboxRow>& rows, std::uint64_t lease_ms, ConnId owner) {
+  if (rows.empty() || lease_ms == 0) return;
+  const UnixNanos until = Now() + static_cast<UnixNanos>(lease_ms) * kNanosPerMilli;
+  for (const auto& row : rows) leases_[row.relay_id] = InboxLease{until, owner};
+  timers_.Start(lease_ms + 1, [this] { ServeWaiters(); });
+}
+
 // ---- Outbox -----------------------------------------------------------------------------------
 
 void Daemon::QueueRelaySend(OutboxRow row, std::function<void(std::string)> on_delivery) {
@@ -1272,13 +1292,14 @@ void Daemon::ServeWaitersNow() {
   }
   for (auto it = recv_waits_.begin(); it != recv_waits_.end();) {
     RecvWait& w = it->second;
-    auto rows = store_->SelectInbox(w.session_id, w.from, std::nullopt, w.limit);
+    auto rows = SelectForRecv(w.session_id, w.from, w.limit);
     if (!rows || rows->empty()) {
       ++it;
       continue;
     }
     timers_.Cancel(w.timer);
     w.reply.Text(TakeMessages(*rows, !w.peek));
+    Lease(*rows, w.lease_ms, w.reply.conn());
     it = recv_waits_.erase(it);
   }
 }

@@ -10,8 +10,8 @@
 // inbox, and the next serve handles it again; if the reply had gone out already, the key makes
 // the second reply a duplicate that is not sent (within the daemon's 24 h key memory). So a
 // request gets at most one reply, and exactly one unless the daemon refuses it for good (the
-// session ended). The command may run twice for a request across a crash, or when two servers
-// serve overlapping intents of one daemon: both see the request, one reply goes out.
+// session ended). The peek takes a lease: several servers of one agent share the requests, each
+// handled by one of them; the command runs twice for a request only across a crash.
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -46,6 +46,9 @@ constexpr int kRpcLimitExceeded = -32005;
 // The reply travels in one RPC line (at most 1 MiB) and one envelope (at most 1 MiB): output
 // larger than this could never be sent, so it is answered as response_too_large at once.
 constexpr std::size_t kMaxOutputBytes = (1u << 20) - (16u << 10);
+// How much longer than the command's timeout a request stays leased to this server (the reply
+// and ack take moments; a reply held back by the message rate takes longer).
+constexpr long long kLeaseMarginMs = 120'000;
 // How often a reply refused for the session's message rate is tried again before giving up.
 constexpr int kReplyAttempts = 5;
 
@@ -271,9 +274,16 @@ class Server {
 
   std::optional<int> Drain(const std::string& session_id) {
     while (true) {
-      auto result = client_.Call(
-          "recv", json{{"session_id", session_id}, {"limit", 1}, {"timeout_ms", 0}, {"peek", true}},
-          Context::kDefaultTimeout);
+      // The lease keeps other servers of this agent off the request while the command runs; it
+      // ends with the ack, or at once if this process dies (its connection closes).
+      const auto lease_ms = static_cast<long long>(args_.timeout * 1000) + kLeaseMarginMs;
+      auto result = client_.Call("recv",
+                                 json{{"session_id", session_id},
+                                      {"limit", 1},
+                                      {"timeout_ms", 0},
+                                      {"peek", true},
+                                      {"lease_ms", lease_ms}},
+                                 Context::kDefaultTimeout);
       if (!result) {
         // A session that ended between the event and the call is not a reason to stop serving.
         if (result.error().origin == agentmesh::rpc::ErrorOrigin::kServer &&

@@ -3,9 +3,12 @@
 // messages through them.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <iterator>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "cli.hpp"
@@ -336,6 +339,52 @@ TEST_CASE("e2e: two agents search, knock, talk through the relay", "[cli][e2e]")
     CHECK(json::parse(r.out.substr(0, r.out.find('\n')), nullptr, false)["payload"] ==
           json{{"city", "Porto"}});
     CHECK(alice({"recv", "--session", sid, "--timeout", "1"}).status == amesh::kExitTimeout);
+  }
+
+  SECTION("two amesh serve processes share the requests, each handled once") {
+    const std::string handled = (dir.path() / "handled.txt").string();
+    const std::string script =
+        "read line; echo \"$line\" >> " + handled + "; sleep 1; echo \"$line\"";
+    ChildProcess first, second;
+    REQUIRE(first.Start(bob.Command({"serve", "--intent", "weather", "--max-requests", "1", "--",
+                                     "/bin/sh", "-c", script}),
+                        dir.path() / "share1.log"));
+    REQUIRE(second.Start(bob.Command({"serve", "--intent", "weather", "--max-requests", "1", "--",
+                                      "/bin/sh", "-c", script}),
+                         dir.path() / "share2.log"));
+    for (ChildProcess* serve : {&first, &second}) {  // both subscribed before any request
+      bool serving = false;
+      for (int i = 0; i < 500 && !serving; ++i) {
+        serving = Contains(serve->StderrLog(), "serving intent");
+        if (!serving) std::this_thread::sleep_for(20ms);
+      }
+      REQUIRE(serving);
+    }
+    std::string sid;
+    for (const char* city : {"Braga", "Evora"}) {
+      const json sent = alice.Json(
+          {"send", bob_amid, "--intent", "weather/forecast", json{{"city", city}}.dump()});
+      sid = sent.value("session_id", "");
+    }
+    for (ChildProcess* serve : {&first, &second}) {
+      const int status = serve->Signal(0, true, 20s);
+      INFO(serve->StderrLog());
+      CHECK(WIFEXITED(status));
+    }
+    std::ifstream in(handled);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    std::sort(lines.begin(), lines.end());
+    CHECK(lines == std::vector<std::string>{R"({"city":"Braga"})", R"({"city":"Evora"})"});
+    std::set<std::string> answers;
+    for (int i = 0; i < 20 && answers.size() < 2; ++i) {
+      r = alice({"recv", "--session", sid, "--timeout", "5"});
+      std::istringstream out(r.out);
+      for (std::string line; std::getline(out, line);) {
+        answers.insert(json::parse(line, nullptr, false)["payload"].value("city", ""));
+      }
+    }
+    CHECK(answers == std::set<std::string>{"Braga", "Evora"});
   }
 
   SECTION("a request replied to but not acked before a crash is not answered twice") {

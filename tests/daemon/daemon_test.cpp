@@ -494,6 +494,65 @@ TEST_CASE("daemon: recv with peek leaves messages in the inbox until ack", "[dae
   CHECK(b.rpc.CallError("recv", {{"peek", "yes"}})["data"]["field"] == "peek");
 }
 
+TEST_CASE("daemon: a lease gives each peeked message to one taker until ack, expiry or close",
+          "[daemon]") {
+  Mesh mesh;
+  auto& a = mesh.Agent("alice");
+  auto& b = mesh.Agent("bob", json::array({"travel"}));
+  const std::string sid = OpenSession(a, b, "conversation");
+  for (int i = 1; i <= 2; ++i) a.rpc.Call("send", {{"to", sid}, {"payload", {{"n", i}}}});
+  json both;
+  for (int i = 0; i < 200; ++i) {
+    both = b.rpc.Call("recv", {{"peek", true}});
+    if (both["messages"].size() == 2) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(both["messages"].size() == 2);
+  const std::string id1 = both["messages"][0]["id"], id2 = both["messages"][1]["id"];
+  const json lease = {{"peek", true}, {"limit", 1}, {"lease_ms", 60000}};
+
+  auto taker1 = std::make_unique<RpcClient>();
+  RpcClient taker2, other;
+  REQUIRE(taker1->Connect(b.socket()));
+  REQUIRE(taker2.Connect(b.socket()));
+  REQUIRE(other.Connect(b.socket()));
+  json got1 = taker1->Call("recv", lease);
+  json got2 = taker2.Call("recv", lease);
+  REQUIRE(got1["messages"].size() == 1);
+  REQUIRE(got2["messages"].size() == 1);
+  CHECK(got1["messages"][0]["id"] == id1);
+  CHECK(got2["messages"][0]["id"] == id2);  // not id1: that one is leased
+  // Leased messages are returned to nobody else, by peek or by a consuming recv.
+  CHECK(other.Call("recv", {{"peek", true}})["messages"].empty());
+  CHECK(other.Call("recv")["messages"].empty());
+
+  // The first taker goes away: its message is free at once, and a waiting recv gets it.
+  REQUIRE(other.WriteRaw(json{{"jsonrpc", "2.0"},
+                              {"id", 77},
+                              {"method", "recv"},
+                              {"params", {{"peek", true}, {"timeout_ms", 10000}}}}
+                             .dump() +
+                         "\n"));
+  CHECK_FALSE(other.ReadLine(300ms).has_value());  // everything is leased: it waits
+  taker1.reset();
+  json freed = other.ReadResponse(77)["result"];
+  REQUIRE(freed["messages"].size() == 1);
+  CHECK(freed["messages"][0]["id"] == id1);
+
+  // A lease that runs out frees its message too (and wakes a waiting recv).
+  json short_lease = other.Call("recv", {{"peek", true}, {"lease_ms", 300}});
+  REQUIRE(short_lease["messages"].size() == 1);
+  CHECK(other.Call("recv", {{"peek", true}})["messages"].empty());
+  json again = other.Call("recv", {{"peek", true}, {"timeout_ms", 10000}});
+  REQUIRE(again["messages"].size() == 1);
+  CHECK(again["messages"][0]["id"] == id1);
+
+  // ack ends a lease; the taker that acked is done with the message.
+  CHECK(taker2.Call("ack", {{"ids", {id2}}})["removed"] == 1);
+  CHECK(other.Call("recv", {{"peek", true}})["messages"].size() == 1);
+  CHECK(other.CallError("recv", {{"lease_ms", 1000}})["data"]["field"] == "lease_ms");
+}
+
 TEST_CASE("daemon: a subscriber that stops reading loses its subscription, not its answers",
           "[daemon]") {
   Mesh mesh;
