@@ -469,12 +469,7 @@ TEST_CASE("daemon: recv with peek leaves messages in the inbox until ack", "[dae
   // It survives a kill -9 of the daemon.
   b.Kill9();
   b.Start();
-  json both;
-  for (int i = 0; i < 200; ++i) {
-    both = b.rpc.Call("recv", {{"peek", true}});
-    if (both["messages"].size() == 2) break;
-    std::this_thread::sleep_for(50ms);
-  }
+  const json both = PeekUntil(b, 2);
   REQUIRE(both["messages"].size() == 2);
   CHECK(both["messages"][0]["id"] == id1);
   CHECK(b.rpc.Call("ack", {{"ids", {id1}}})["removed"] == 1);
@@ -501,12 +496,7 @@ TEST_CASE("daemon: a lease gives each peeked message to one taker until ack, exp
   auto& b = mesh.Agent("bob", json::array({"travel"}));
   const std::string sid = OpenSession(a, b, "conversation");
   for (int i = 1; i <= 2; ++i) a.rpc.Call("send", {{"to", sid}, {"payload", {{"n", i}}}});
-  json both;
-  for (int i = 0; i < 200; ++i) {
-    both = b.rpc.Call("recv", {{"peek", true}});
-    if (both["messages"].size() == 2) break;
-    std::this_thread::sleep_for(50ms);
-  }
+  const json both = PeekUntil(b, 2);
   REQUIRE(both["messages"].size() == 2);
   const std::string id1 = both["messages"][0]["id"], id2 = both["messages"][1]["id"];
   const json lease = {{"peek", true}, {"limit", 1}, {"lease_ms", 60000}};

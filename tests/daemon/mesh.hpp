@@ -143,6 +143,18 @@ inline std::string OpenSession(DaemonProcess& a, DaemonProcess& b, const std::st
   return k["session_id"];
 }
 
+// Peeks at `d`'s inbox (recv with peek) until it holds `want` messages or 10 s pass; returns the
+// last peek's result.
+inline json PeekUntil(DaemonProcess& d, std::size_t want) {
+  json peeked;
+  for (int i = 0; i < 200; ++i) {
+    peeked = d.rpc.Call("recv", {{"peek", true}});
+    if (peeked["messages"].size() >= want) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  return peeked;
+}
+
 inline json RecvAll(DaemonProcess& d, std::size_t want, std::chrono::seconds timeout,
                     const json& filter = json::object()) {
   json all = json::array();
