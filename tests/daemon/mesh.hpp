@@ -143,6 +143,17 @@ inline std::string OpenSession(DaemonProcess& a, DaemonProcess& b, const std::st
   return k["session_id"];
 }
 
+// Polls `d`'s stderr log until it contains `needle`; false after `timeout`.
+inline bool WaitLog(DaemonProcess& d, const std::string& needle,
+                    std::chrono::milliseconds timeout = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (d.log().find(needle) == std::string::npos) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(50ms);
+  }
+  return true;
+}
+
 // Peeks at `d`'s inbox (recv with peek) until it holds `want` messages or 10 s pass; returns the
 // last peek's result.
 inline json PeekUntil(DaemonProcess& d, std::size_t want) {
